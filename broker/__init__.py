@@ -1,0 +1,1 @@
+"""The broker service: publishing, fan-out, delivery status."""

@@ -1,0 +1,44 @@
+"""The default providers: they record what they would send and send nothing.
+
+The record is a structured log event (with the message, delivery and user ids bound
+by the shard) and, through the delivery row, the delivery log in the store.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from notefly.config import Settings
+from notefly.domain import Rendered
+from notefly.ports import SendResult
+
+log = structlog.get_logger("notefly.channels.log")
+
+
+class LogChannel:
+    provider = "log"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:
+        log.info(
+            "notification.recorded",
+            to=rendered.to,
+            subject=rendered.subject,
+            text=rendered.text,
+            **rendered.meta,
+        )
+        return SendResult(provider=self.provider, provider_message_id=f"log-{delivery_id}")
+
+
+def SmsLogChannel(settings: Settings) -> LogChannel:
+    return LogChannel("sms")
+
+
+def EmailLogChannel(settings: Settings) -> LogChannel:
+    return LogChannel("email")
+
+
+def PushLogChannel(settings: Settings) -> LogChannel:
+    return LogChannel("push")

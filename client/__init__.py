@@ -1,0 +1,1 @@
+"""The client service: users, subscriptions, inbox."""

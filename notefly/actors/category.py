@@ -1,0 +1,88 @@
+"""The category actor: one per category, turns a message into deliveries page by page."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pykka
+import structlog
+
+from notefly.actors.bridge import LoopBridge
+from notefly.actors.messages import Fanout, PageDone
+from notefly.domain import DeliveryTask
+from notefly.ports import FanoutPage, Store
+
+log = structlog.get_logger("notefly.actors.category")
+
+
+class CategoryActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        category_id: str,
+        *,
+        store: Store,
+        bridge: LoopBridge,
+        dispatch: Callable[[Sequence[DeliveryTask]], None],
+        channels: Sequence[str],
+        page_size: int,
+        retry_seconds: float,
+    ) -> None:
+        super().__init__()
+        self.category_id = category_id
+        self._store = store
+        self._bridge = bridge
+        self._dispatch = dispatch
+        self._channels = tuple(channels)
+        self._page_size = page_size
+        self._retry_seconds = retry_seconds
+        self.active: dict[str, int] = {}  # message id -> deliveries handed on so far
+
+    def on_receive(self, message: Any) -> None:
+        # An exception escaping on_receive would stop this actor for good: contain it.
+        try:
+            if isinstance(message, Fanout):
+                self._next_page(message)
+            elif isinstance(message, PageDone):
+                self._page_done(message)
+        except Exception:
+            log.exception("category.error", category=self.category_id)
+
+    def _next_page(self, fanout: Fanout) -> None:
+        self.active.setdefault(fanout.message.id, 0)
+        coro = self._store.fanout_page(
+            fanout.message, fanout.cursor, self._page_size, self._channels
+        )
+        self._bridge.pipe(
+            coro, self.actor_ref, lambda f: PageDone(fanout.message, fanout.cursor, f)
+        )
+
+    def _page_done(self, done: PageDone) -> None:
+        message = done.message
+        error = done.result.exception()
+        if error is not None:
+            # The page did not commit; nothing of it was handed on. Try it again.
+            log.warning(
+                "fanout.page_failed",
+                message_id=message.id,
+                category=self.category_id,
+                error=repr(error),
+                retry_in=self._retry_seconds,
+            )
+            self._bridge.tell_later(
+                self._retry_seconds, self.actor_ref, Fanout(message, done.cursor)
+            )
+            return
+        page: FanoutPage = done.result.result()
+        if page.tasks:
+            self._dispatch(page.tasks)
+        self.active[message.id] = self.active.get(message.id, 0) + len(page.tasks)
+        if not page.done:
+            self._next_page(Fanout(message, page.cursor))
+            return
+        log.info(
+            "fanout.done",
+            message_id=message.id,
+            category=self.category_id,
+            deliveries=self.active.pop(message.id, 0),
+        )

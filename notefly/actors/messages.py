@@ -1,0 +1,38 @@
+"""The messages actors tell each other. Small immutable values, nothing else."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from typing import Any
+
+from notefly.domain import DeliveryTask, Message
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    message: Message
+    cursor: str | None = None  # resume after this user id (recovery)
+
+
+@dataclass(frozen=True, slots=True)
+class PageDone:
+    message: Message
+    cursor: str | None
+    result: concurrent.futures.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    tasks: tuple[DeliveryTask, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundDone:
+    tasks: tuple[DeliveryTask, ...]
+    result: concurrent.futures.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Passivate entities that have been idle for a while."""

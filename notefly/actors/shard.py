@@ -1,0 +1,255 @@
+"""Channel shards: each hosts the per-user entities of one channel.
+
+An entity is the actor of one (user, channel): it holds that user's queue and sends
+one delivery at a time, in order. Entities are plain objects on a shard, created on
+first use and passivated when idle, so memory follows the active users and the
+number of threads follows the configuration.
+
+A shard renders on its own thread, then hands a whole *round* (the next delivery of
+many entities) to the event loop in one hop: providers send concurrently there and
+the outcomes are committed together before the shard hears back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pykka
+import structlog
+
+from notefly.actors.bridge import LoopBridge
+from notefly.actors.messages import Deliver, RoundDone, Sweep
+from notefly.domain import ADDRESS_FIELDS, DeliveryStatus, DeliveryTask, Outcome, Rendered
+from notefly.errors import PermanentChannelError, TransientChannelError
+from notefly.ports import Channel, Clock, Renderer, Store
+
+log = structlog.get_logger("notefly.actors.shard")
+
+
+@dataclass(slots=True)
+class Entity:
+    user_id: str
+    pending: deque[DeliveryTask] = field(default_factory=deque)
+    busy: bool = False
+    last_active: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSettings:
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    round_size: int = 256
+    max_rounds_in_flight: int = 4
+    entity_idle_seconds: float = 60.0
+
+
+def _round_done(
+    tasks: tuple[DeliveryTask, ...],
+) -> Callable[[concurrent.futures.Future[Any]], RoundDone]:
+    return lambda future: RoundDone(tasks, future)
+
+
+class ChannelShard(pykka.ThreadingActor):
+    def __init__(
+        self,
+        channel: Channel,
+        index: int,
+        *,
+        renderer: Renderer,
+        store: Store,
+        bridge: LoopBridge,
+        clock: Clock,
+        monotonic: Callable[[], float],
+        settings: ShardSettings,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.channel = channel
+        self.index = index
+        self._renderer = renderer
+        self._store = store
+        self._bridge = bridge
+        self._clock = clock
+        self._monotonic = monotonic
+        self._settings = settings
+        self._rng = rng or random.Random()
+        self.entities: dict[str, Entity] = {}
+        self._ready: deque[Entity] = deque()
+        self._rounds_in_flight = 0
+
+    # -- messages -------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        try:
+            if isinstance(message, Deliver):
+                self._enqueue(message.tasks)
+            elif isinstance(message, RoundDone):
+                self._round_done(message)
+            elif isinstance(message, Sweep):
+                self._sweep()
+            self._pump()
+        except Exception:
+            log.exception("shard.error", channel=self.channel.name, shard=self.index)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "entities": len(self.entities),
+            "pending": sum(len(e.pending) for e in self.entities.values()),
+            "rounds_in_flight": self._rounds_in_flight,
+        }
+
+    def _enqueue(self, tasks: Sequence[DeliveryTask]) -> None:
+        for task in tasks:
+            entity = self.entities.get(task.recipient.user_id)
+            if entity is None:
+                entity = self.entities[task.recipient.user_id] = Entity(task.recipient.user_id)
+            if not entity.pending and not entity.busy:
+                self._ready.append(entity)
+            entity.pending.append(task)
+
+    def _pump(self) -> None:
+        """Start rounds while there is work and room for it."""
+        while self._ready and self._rounds_in_flight < self._settings.max_rounds_in_flight:
+            batch: list[tuple[DeliveryTask, Rendered | Exception]] = []
+            while self._ready and len(batch) < self._settings.round_size:
+                entity = self._ready.popleft()
+                entity.busy = True
+                task = entity.pending[0]
+                batch.append((task, self._render(task)))
+            self._rounds_in_flight += 1
+            tasks = tuple(task for task, _ in batch)
+            self._bridge.pipe(self._send_round(batch), self.actor_ref, _round_done(tasks))
+
+    def _render(self, task: DeliveryTask) -> Rendered | Exception:
+        if task.channel in ADDRESS_FIELDS and not task.recipient.address:
+            return PermanentChannelError("the user has no address for this channel any more")
+        try:
+            return self._renderer.render(task.channel, task.message, task.recipient)
+        except Exception as exc:  # a broken template fails its own delivery only
+            return exc
+
+    def _round_done(self, done: RoundDone) -> None:
+        self._rounds_in_flight -= 1
+        now = self._monotonic()
+        error = done.result.exception()
+        outcomes: dict[str, Outcome] = (
+            {} if error else {o.delivery_id: o for o in done.result.result()}
+        )
+        if error is not None:
+            # Nothing of this round was recorded: every task stays queued and goes again.
+            log.error("shard.round_failed", channel=self.channel.name, error=repr(error))
+        for task in done.tasks:
+            entity = self.entities[task.recipient.user_id]
+            entity.busy = False
+            entity.last_active = now
+            outcome = outcomes.get(task.id)
+            if outcome is None:
+                delay = self._backoff(task.attempts + 1)
+                entity.pending.popleft()
+                self._bridge.tell_later(delay, self.actor_ref, Deliver((task,)))
+            elif outcome.status is DeliveryStatus.QUEUED:
+                entity.pending.popleft()
+                retry = replace(task, attempts=outcome.attempts)
+                self._bridge.tell_later(
+                    self._retry_delay(outcome), self.actor_ref, Deliver((retry,))
+                )
+            else:
+                entity.pending.popleft()
+            if entity.pending:
+                self._ready.append(entity)
+
+    def _sweep(self) -> None:
+        horizon = self._monotonic() - self._settings.entity_idle_seconds
+        idle = [
+            uid
+            for uid, e in self.entities.items()
+            if not e.pending and not e.busy and e.last_active <= horizon
+        ]
+        for uid in idle:
+            del self.entities[uid]
+
+    # -- on the event loop ------------------------------------------------------------
+
+    async def _send_round(
+        self, batch: list[tuple[DeliveryTask, Rendered | Exception]]
+    ) -> list[Outcome]:
+        outcomes = await asyncio.gather(*(self._send_one(task, r) for task, r in batch))
+        await self._store.record_outcomes(outcomes)
+        return outcomes
+
+    async def _send_one(self, task: DeliveryTask, rendered: Rendered | Exception) -> Outcome:
+        structlog.contextvars.bind_contextvars(
+            message_id=task.message.id,
+            delivery_id=task.id,
+            user=task.recipient.user_id,
+            channel=task.channel,
+        )
+        attempt = task.attempts + 1
+        if isinstance(rendered, Exception):
+            return self._failed(task, attempt, rendered)
+        started = self._monotonic()
+        try:
+            result = await self.channel.send(rendered, delivery_id=task.id)
+        except TransientChannelError as exc:
+            if attempt < self._settings.max_attempts:
+                log.warning("delivery.retry", attempt=attempt, error=exc.message)
+                return Outcome(
+                    task.id,
+                    DeliveryStatus.QUEUED,
+                    attempt,
+                    self.channel.provider,
+                    error=exc.message,
+                    recipient=rendered.to,
+                    retry_after=exc.retry_after,
+                )
+            return self._failed(task, attempt, exc, rendered)
+        except Exception as exc:
+            return self._failed(task, attempt, exc, rendered)
+        latency_ms = round((self._monotonic() - started) * 1000, 3)
+        log.debug("delivery.sent", provider=result.provider, latency_ms=latency_ms, attempt=attempt)
+        return Outcome(
+            task.id,
+            DeliveryStatus.SENT,
+            attempt,
+            result.provider,
+            result.provider_message_id,
+            rendered.to,
+            rendered.subject,
+            rendered.text,
+            at=self._clock.now(),
+        )
+
+    def _failed(
+        self, task: DeliveryTask, attempt: int, exc: Exception, rendered: Rendered | None = None
+    ) -> Outcome:
+        status = DeliveryStatus.FAILED
+        reason = getattr(exc, "message", None) or repr(exc)
+        if isinstance(exc, PermanentChannelError) and rendered is None:
+            status = DeliveryStatus.SKIPPED  # nothing to send it to
+        log.warning("delivery.failed", status=status.value, attempt=attempt, error=reason)
+        return Outcome(
+            task.id,
+            status,
+            attempt,
+            self.channel.provider,
+            error=reason,
+            recipient=rendered.to if rendered else None,
+            subject=rendered.subject if rendered else None,
+            text=rendered.text if rendered else None,
+        )
+
+    def _retry_delay(self, outcome: Outcome) -> float:
+        if outcome.retry_after is not None:  # the provider said when
+            return outcome.retry_after
+        return self._backoff(outcome.attempts)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        cap = self._settings.retry_base_seconds * (2 ** min(attempt - 1, 10))
+        return self._rng.uniform(0, cap)

@@ -1,0 +1,175 @@
+"""The domain model: plain values, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class DeliveryStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class MessageStatus(StrEnum):
+    ACCEPTED = "accepted"  # committed; the audience is still being resolved
+    DELIVERING = "delivering"  # every delivery is recorded, some are still queued
+    DELIVERED = "delivered"  # every delivery reached a final state
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    id: str
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    email: str | None = None
+    phone: str | None = None
+    push_token: str | None = None
+    timezone: str = "UTC"
+    created_at: datetime | None = None
+
+    def address_for(self, channel: str) -> str | None:
+        """The address this user has for a channel, or None when they have none."""
+        attribute = ADDRESS_FIELDS.get(channel)
+        address: str | None = getattr(self, attribute) if attribute else None
+        return address
+
+
+# Which user field addresses which channel; a channel missing here needs no address.
+ADDRESS_FIELDS = {"sms": "phone", "email": "email", "push": "push_token"}
+ADDRESS_NAMES = {"sms": "phone number", "email": "email address", "push": "push token"}
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    user_id: str
+    category_id: str
+    channels: tuple[str, ...]
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    category_id: str
+    body: str
+    accepted_at: datetime
+    title: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """What a delivery needs to know of its user, read together with the subscription."""
+
+    user_id: str
+    name: str
+    address: str | None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTask:
+    """One (message, user, channel) delivery handed to a channel shard."""
+
+    id: str
+    message: Message
+    channel: str
+    recipient: Recipient
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A notification rendered for one channel, ready for a provider."""
+
+    channel: str
+    to: str
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one delivery attempt; the store records it."""
+
+    delivery_id: str
+    status: DeliveryStatus
+    attempts: int
+    provider: str | None = None
+    provider_message_id: str | None = None
+    recipient: str | None = None
+    subject: str | None = None
+    text: str | None = None
+    error: str | None = None
+    at: datetime | None = None
+    retry_after: float | None = None  # seconds, when the provider asked for it
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    message_id: str
+    user_id: str
+    channel: str
+    status: DeliveryStatus
+    attempts: int
+    provider: str | None
+    provider_message_id: str | None
+    recipient: str | None
+    subject: str | None
+    text: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An inbox entry: one per (user, message)."""
+
+    id: str
+    user_id: str
+    message_id: str
+    category_id: str
+    title: str | None
+    body: str
+    priority: Priority
+    created_at: datetime
+    read_at: datetime | None
+
+
+def delivery_id(message_id: str, user_id: str, channel: str) -> str:
+    """A stable delivery id: the same triple always yields the same id, so a fan-out
+    that is run again after a crash inserts nothing twice, and providers can use it as
+    an idempotency key."""
+    digest = hashlib.blake2b(f"{message_id}:{user_id}:{channel}".encode(), digest_size=12)
+    return "d_" + digest.hexdigest()
+
+
+def notification_id(message_id: str, user_id: str) -> str:
+    digest = hashlib.blake2b(f"{message_id}:{user_id}".encode(), digest_size=12)
+    return "n_" + digest.hexdigest()

@@ -1,0 +1,106 @@
+"""The ports: what the core needs from the outside world, as Protocols.
+
+Adapters live in ``notefly.store`` and ``channels``; tests use fakes of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from notefly.domain import (
+    Category,
+    Delivery,
+    DeliveryTask,
+    Message,
+    Notification,
+    Outcome,
+    Recipient,
+    Rendered,
+    Subscription,
+    User,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class IdFactory(Protocol):
+    def __call__(self, prefix: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    provider: str
+    provider_message_id: str | None = None
+
+
+class Renderer(Protocol):
+    def render(self, channel: str, message: Message, recipient: Recipient) -> Rendered: ...
+
+
+class Channel(Protocol):
+    """A channel provider: hands one rendered notification to the outside world.
+
+    Raises ``TransientChannelError`` or ``PermanentChannelError`` on failure.
+    """
+
+    name: str  # the channel: "sms", "email", ...
+    provider: str  # the provider: "log", "smtp", ...
+
+    async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutPage:
+    """One page of a message's audience, already recorded as queued deliveries."""
+
+    tasks: list[DeliveryTask]  # deliveries to hand to the channel shards
+    skipped: int  # deliveries recorded as skipped (no address for the channel)
+    cursor: str | None  # the last user id of this page
+    done: bool  # no more pages
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryCounts:
+    fanout_done: bool
+    by_status: dict[str, int]
+
+
+class Store(Protocol):
+    # categories
+    async def list_categories(self) -> list[Category]: ...
+    async def get_category(self, category_id: str) -> Category: ...
+    async def add_category(self, category: Category) -> Category: ...
+
+    # users and subscriptions
+    async def add_user(self, user: User) -> User: ...
+    async def get_user(self, user_id: str) -> User: ...
+    async def list_users(self, limit: int = 100) -> list[User]: ...
+    async def update_user(self, user: User) -> User: ...
+    async def delete_user(self, user_id: str) -> None: ...
+    async def upsert_subscription(self, sub: Subscription) -> Subscription: ...
+    async def delete_subscription(self, user_id: str, category_id: str) -> None: ...
+    async def list_subscriptions(self, user_id: str) -> list[Subscription]: ...
+
+    # messages and deliveries
+    async def accept_message(self, message: Message) -> tuple[Message, bool]: ...
+    async def get_message(self, message_id: str) -> Message: ...
+    async def delivery_counts(self, message_id: str) -> DeliveryCounts: ...
+    async def list_deliveries(self, message_id: str) -> list[Delivery]: ...
+    async def fanout_page(
+        self, message: Message, after_user: str | None, limit: int, channels: Sequence[str]
+    ) -> FanoutPage: ...
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
+    async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]: ...
+    async def queued_tasks(self, after_id: str | None, limit: int) -> list[DeliveryTask]: ...
+
+    # inbox
+    async def list_notifications(
+        self, user_id: str, *, unread_only: bool, limit: int, before: str | None
+    ) -> list[Notification]: ...
+    async def mark_read(self, user_id: str, notification_id: str) -> Notification: ...
+    async def mark_all_read(self, user_id: str) -> int: ...

@@ -1,0 +1,233 @@
+"""Rendering: turn a message into what each channel sends, through Jinja2 templates.
+
+A part of a channel is looked up as ``{channel}/{category}.{part}``, then as
+``{channel}/default.{part}``; a channel with no templates of its own (a future
+"webhook") falls back to ``generic/default.{part}``. Operators put their own templates
+in override folders, which are searched before the packaged ``notefly/templates``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from notefly.domain import Message, Recipient, Rendered
+from notefly.errors import ConfigurationError
+
+PACKAGE_TEMPLATES: Final = Path(__file__).resolve().parent / "templates"
+
+GENERIC: Final = "generic"
+# The template parts each channel renders; a channel missing here renders the generic ones.
+CHANNEL_PARTS: Final[dict[str, tuple[str, ...]]] = {
+    "sms": ("txt",),
+    "email": ("subject.txt", "txt", "html"),
+    "push": ("title.txt", "body.txt"),
+    GENERIC: ("subject.txt", "txt"),
+}
+
+SUBJECT_MAX: Final = 200
+# Longer push titles and bodies are cut by APNs/FCM displays anyway, and unpredictably.
+PUSH_TITLE_MAX: Final = 65
+PUSH_BODY_MAX: Final = 240
+ELLIPSIS: Final = "…"
+
+# GSM 03.38: the basic table (one septet each; 0x1B is the escape, not a character)
+# and the extension table (escape + code: two septets each).
+GSM7_BASIC: Final = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ"
+    " !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION: Final = frozenset("\f^{}\\[~]|€")
+GSM7_SINGLE, GSM7_PART = 160, 153  # a concatenated part loses 7 septets to its header
+UCS2_SINGLE, UCS2_PART = 70, 67
+
+
+@dataclass(frozen=True, slots=True)
+class SmsSegments:
+    """What an SMS text costs.
+
+    Attributes:
+        encoding: ``"GSM-7"`` or ``"UCS-2"``.
+        segments: how many SMS the text is sent as; at least 1.
+        characters: septets for GSM-7, UTF-16 code units for UCS-2.
+    """
+
+    encoding: str
+    segments: int
+    characters: int
+
+
+def sms_segments(text: str) -> SmsSegments:
+    """Count the encoding, segments and characters an SMS text is billed as.
+
+    Args:
+        text: the SMS text as it will be sent.
+
+    Returns:
+        GSM-7 when every character is in the GSM 03.38 tables, otherwise UCS-2. An
+        empty text is one segment of 0 characters: an empty SMS still costs one.
+    """
+    septets = 0
+    for char in text:
+        if char in GSM7_BASIC:
+            septets += 1
+        elif char in GSM7_EXTENSION:
+            septets += 2
+        else:
+            units = len(text.encode("utf-16-le")) // 2
+            return SmsSegments("UCS-2", _segments(units, UCS2_SINGLE, UCS2_PART), units)
+    return SmsSegments("GSM-7", _segments(septets, GSM7_SINGLE, GSM7_PART), septets)
+
+
+def _segments(length: int, single: int, part: int) -> int:
+    return 1 if length <= single else math.ceil(length / part)
+
+
+def build_environment(override_dirs: Sequence[Path] = ()) -> jinja2.Environment:
+    """Build the sandboxed Jinja2 environment the renderer uses.
+
+    Args:
+        override_dirs: folders searched, in order, before the packaged templates.
+
+    Returns:
+        A ``SandboxedEnvironment``, since publisher-supplied data reaches the templates,
+        that autoescapes ``.html`` templates only.
+    """
+    return SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([*override_dirs, PACKAGE_TEMPLATES]),
+        autoescape=jinja2.select_autoescape(["html"], default_for_string=False, default=False),
+        # Chainable so templates may test optional fields: {% if data.quote.symbol %}.
+        undefined=jinja2.ChainableUndefined,
+        # A None in publisher data would otherwise reach the recipient as "None".
+        finalize=_blank_none,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+class TemplateRenderer:
+    """Renders messages for a channel and a recipient.
+
+    Templates are resolved once per (channel, category, part) and kept, so a render
+    never searches the loader again.
+    """
+
+    def __init__(self, env: jinja2.Environment) -> None:
+        self._env = env
+        # Filled without a lock: two threads racing on a key resolve the same template.
+        self._templates: dict[tuple[str, str, str], jinja2.Template] = {}
+
+    def template(self, channel: str, category_id: str, part: str) -> jinja2.Template:
+        """The template used for one part of a channel and a category.
+
+        Raises:
+            ConfigurationError: no template exists for the part, or it does not compile.
+        """
+        key = (channel, category_id, part)
+        found = self._templates.get(key)
+        if found is None:
+            found = self._templates[key] = self._resolve(channel, category_id, part)
+        return found
+
+    def validate(self, channels: Iterable[str]) -> None:
+        """Resolve every part of these channels now, so a missing template fails start-up.
+
+        Raises:
+            ConfigurationError: a channel lacks a default template or one does not compile.
+        """
+        for channel in channels:
+            for part in _parts(channel):
+                self.template(channel, "default", part)
+
+    def render(self, channel: str, message: Message, recipient: Recipient) -> Rendered:
+        """Render a message for one recipient on one channel.
+
+        Raises:
+            ConfigurationError: a template the channel needs is missing.
+        """
+        context = _context(message, recipient)
+        out = {
+            part: self.template(channel, message.category_id, part).render(context).strip()
+            for part in _parts(channel)
+        }
+        to = recipient.address or ""
+        if channel == "sms":
+            cost = sms_segments(out["txt"])
+            meta = {
+                "encoding": cost.encoding,
+                "segments": cost.segments,
+                "characters": cost.characters,
+            }
+            return Rendered(channel=channel, to=to, text=out["txt"], meta=meta)
+        if channel == "email":
+            subject = _subject(out["subject.txt"])
+            return Rendered(channel, to, out["txt"], subject=subject, html=out["html"])
+        if channel == "push":
+            title, title_cut = _truncate(_one_line(out["title.txt"]), PUSH_TITLE_MAX)
+            body, body_cut = _truncate(out["body.txt"], PUSH_BODY_MAX)
+            meta = {"truncated": title_cut or body_cut}
+            return Rendered(channel=channel, to=to, text=body, subject=title, meta=meta)
+        return Rendered(channel, to, out["txt"], subject=_subject(out["subject.txt"]))
+
+    def _resolve(self, channel: str, category_id: str, part: str) -> jinja2.Template:
+        names = [f"{channel}/{category_id}.{part}", f"{channel}/default.{part}"]
+        if channel not in CHANNEL_PARTS:
+            names.append(f"{GENERIC}/default.{part}")
+        try:
+            return self._env.select_template(names)
+        except jinja2.TemplatesNotFound as exc:
+            raise ConfigurationError(
+                f"missing template {names[-1]!r} (looked for {', '.join(names)})",
+                details={"tried": names},
+            ) from exc
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigurationError(
+                f"template {exc.name!r} line {exc.lineno}: {exc.message}",
+                details={"template": exc.name, "line": exc.lineno},
+            ) from exc
+
+
+def _parts(channel: str) -> tuple[str, ...]:
+    return CHANNEL_PARTS.get(channel) or CHANNEL_PARTS[GENERIC]
+
+
+def _context(message: Message, recipient: Recipient) -> dict[str, Any]:
+    return {
+        "message": message,
+        "title": message.title or message.category_id.replace("_", " ").title(),
+        "body": message.body,
+        "data": message.data,
+        "category": message.category_id,
+        "priority": message.priority.value,
+        "recipient": recipient,
+        "name": recipient.name,
+    }
+
+
+def _one_line(text: str) -> str:
+    # str.split() also splits on CR, LF and the Unicode line separators.
+    return " ".join(text.split())
+
+
+def _subject(text: str) -> str:
+    # One line, so the subject can never smuggle a header into an email.
+    return _truncate(_one_line(text), SUBJECT_MAX)[0]
+
+
+def _truncate(text: str, limit: int) -> tuple[str, bool]:
+    if len(text) <= limit:
+        return text, False
+    return text[: limit - 1] + ELLIPSIS, True

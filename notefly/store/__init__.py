@@ -1,0 +1,1 @@
+"""Store adapters behind the ``notefly.ports.Store`` port."""
