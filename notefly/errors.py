@@ -6,8 +6,11 @@ Every error a caller can meet is a ``NoteflyError``. Each carries a stable ``cod
 ``{"error": {"code", "message", "details"}}``; nothing else reaches a client.
 
     NoteflyError
+    +-- BadRequest             400  the body is not JSON at all
     +-- NotFound               404  a category, user, message or notification is unknown
     +-- Conflict               409  the thing already exists
+    +-- PayloadTooLarge        413  over the configured size limit
+    +-- UnsupportedMediaType   415  neither JSON nor an HTML form
     +-- InvalidInput           422  well-formed but unacceptable (no address for a channel)
     +-- ConfigurationError          bad settings, raised at start-up, never at request time
     +-- ChannelError                a provider could not send
@@ -74,6 +77,11 @@ class PermanentChannelError(ChannelError):
 class BadRequest(NoteflyError):
     code = "bad_request"
     status = 400
+
+
+class UnsupportedMediaType(NoteflyError):
+    code = "unsupported_media_type"
+    status = 415
 
 
 class PayloadTooLarge(NoteflyError):

@@ -24,6 +24,8 @@ def decode_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    except RecursionError as exc:  # "[[[[..." under the size limit still nests too deep
+        raise BadRequest("the JSON nests too deeply", code="malformed_json") from exc
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -24,7 +24,7 @@ import pykka
 import structlog
 
 from notefly.actors.bridge import LoopBridge
-from notefly.actors.messages import Deliver, RoundDone, Sweep
+from notefly.actors.messages import Deliver, Resume, RoundDone, Sweep
 from notefly.domain import ADDRESS_FIELDS, DeliveryStatus, DeliveryTask, Outcome, Rendered
 from notefly.errors import PermanentChannelError, TransientChannelError
 from notefly.ports import Channel, Clock, Renderer, Store
@@ -91,6 +91,8 @@ class ChannelShard(pykka.ThreadingActor):
                 self._enqueue(message.tasks)
             elif isinstance(message, RoundDone):
                 self._round_done(message)
+            elif isinstance(message, Resume):
+                self._resume(message.user_id)
             elif isinstance(message, Sweep):
                 self._sweep()
             self._pump()
@@ -141,28 +143,30 @@ class ChannelShard(pykka.ThreadingActor):
         outcomes: dict[str, Outcome] = (
             {} if error else {o.delivery_id: o for o in done.result.result()}
         )
-        if error is not None:
-            # Nothing of this round was recorded: every task stays queued and goes again.
+        if error is not None:  # not expected: _send_one contains every provider error
             log.error("shard.round_failed", channel=self.channel.name, error=repr(error))
         for task in done.tasks:
             entity = self.entities[task.recipient.user_id]
-            entity.busy = False
             entity.last_active = now
             outcome = outcomes.get(task.id)
-            if outcome is None:
-                delay = self._backoff(task.attempts + 1)
-                entity.pending.popleft()
-                self._bridge.tell_later(delay, self.actor_ref, Deliver((task,)))
-            elif outcome.status is DeliveryStatus.QUEUED:
-                entity.pending.popleft()
-                retry = replace(task, attempts=outcome.attempts)
-                self._bridge.tell_later(
-                    self._retry_delay(outcome), self.actor_ref, Deliver((retry,))
-                )
-            else:
-                entity.pending.popleft()
+            if outcome is None or outcome.status is DeliveryStatus.QUEUED:
+                # Try again later. The task keeps the head of its user's queue and the
+                # entity waits for it, so later messages never overtake a retried one.
+                attempts = outcome.attempts if outcome else task.attempts
+                entity.pending[0] = replace(task, attempts=attempts)
+                delay = self._retry_delay(outcome) if outcome else self._backoff(attempts + 1)
+                self._bridge.tell_later(delay, self.actor_ref, Resume(entity.user_id))
+                continue
+            entity.pending.popleft()
+            entity.busy = False
             if entity.pending:
                 self._ready.append(entity)
+
+    def _resume(self, user_id: str) -> None:
+        entity = self.entities.get(user_id)
+        if entity is not None and entity.busy and entity.pending:
+            entity.busy = False
+            self._ready.append(entity)
 
     def _sweep(self) -> None:
         horizon = self._monotonic() - self._settings.entity_idle_seconds
@@ -180,8 +184,31 @@ class ChannelShard(pykka.ThreadingActor):
         self, batch: list[tuple[DeliveryTask, Rendered | Exception]]
     ) -> list[Outcome]:
         outcomes = await asyncio.gather(*(self._send_one(task, r) for task, r in batch))
-        await self._store.record_outcomes(outcomes)
+        await self._record(outcomes)
         return outcomes
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Record the outcomes, waiting out a store failure rather than sending again.
+
+        The round stays in flight meanwhile, so a shard whose store is down stops taking
+        new work (backpressure). If the process dies first, the deliveries are still
+        queued in the store and go out again after the restart (at-least-once).
+        """
+        delay = self._settings.retry_base_seconds / 10
+        while True:
+            try:
+                await self._store.record_outcomes(outcomes)
+                return
+            except Exception as exc:
+                log.error(
+                    "store.record_failed",
+                    channel=self.channel.name,
+                    deliveries=len(outcomes),
+                    error=repr(exc),
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _send_one(self, task: DeliveryTask, rendered: Rendered | Exception) -> Outcome:
         structlog.contextvars.bind_contextvars(

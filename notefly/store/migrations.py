@@ -47,10 +47,12 @@ def load_migrations(backend: str) -> list[Migration]:
 
 async def migrate_sqlite(conn: aiosqlite.Connection) -> list[int]:
     """Apply the pending SQLite migrations; return the versions applied now."""
+    await conn.execute("BEGIN IMMEDIATE")
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
+    await conn.execute("COMMIT")
     applied_now = []
     for migration in load_migrations("sqlite"):
         # BEGIN IMMEDIATE takes the write lock first, so two processes starting at

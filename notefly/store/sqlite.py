@@ -7,8 +7,11 @@ non-daemon and would keep the process alive.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -113,9 +116,10 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
-            await writer.execute("PRAGMA journal_mode=WAL")
-            if migrate:
-                await migrate_sqlite(writer)
+            async with _setup_lock(path):
+                await writer.execute("PRAGMA journal_mode=WAL")
+                if migrate:
+                    await migrate_sqlite(writer)
             reader = await _connect(path)
         except BaseException:
             await writer.close()
@@ -183,6 +187,9 @@ class SqliteStore:
     async def add_user(self, user: User) -> User:
         async def op(conn: aiosqlite.Connection) -> None:
             now = _ts(user.created_at) or self._now()
+            exists = await conn.execute("SELECT 1 FROM users WHERE id = ?", (user.id,))
+            if await exists.fetchone() is not None:
+                raise Conflict(f"user {user.id!r} exists already", code="user_exists")
             await conn.execute(
                 f"INSERT INTO users ({_USER_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -257,6 +264,22 @@ class SqliteStore:
 
         await self.writer.run(op)
         return stamped
+
+    async def replace_subscriptions(
+        self, user_id: str, subs: Sequence[Subscription]
+    ) -> list[Subscription]:
+        now = self._clock.now()
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM subscriptions WHERE user_id = ?", (user_id,))
+            await conn.executemany(
+                "INSERT INTO subscriptions (category_id, user_id, channels, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(s.category_id, user_id, ",".join(s.channels), now.isoformat()) for s in subs],
+            )
+
+        await self.writer.run(op)
+        return [Subscription(user_id, s.category_id, s.channels, now) for s in subs]
 
     async def delete_subscription(self, user_id: str, category_id: str) -> None:
         async def op(conn: aiosqlite.Connection) -> None:
@@ -399,7 +422,7 @@ class SqliteStore:
                         message.title,
                         message.body,
                         message.priority.value,
-                        now,
+                        message.accepted_at.isoformat(),  # stable across a re-run fan-out
                     )
                 )
                 for channel in subscribed.split(","):
@@ -560,6 +583,22 @@ class SqliteStore:
             return cursor.rowcount
 
         return await self.writer.run(op)
+
+
+@contextlib.asynccontextmanager
+async def _setup_lock(path: Path) -> AsyncIterator[None]:
+    """Serialise start-up (WAL switch, migrations) between processes opening one file.
+
+    SQLite answers "locked" at once, without its busy handler, to a process that opens
+    a file while another is switching it to WAL; an advisory lock beside the file makes
+    the second process wait its turn instead.
+    """
+    with open(path.with_name(path.name + ".lock"), "a+b") as handle:  # noqa: ASYNC230 (instant)
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
