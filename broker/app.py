@@ -1,0 +1,58 @@
+"""The broker service: ``create_app(container)`` builds its Quart app.
+
+The app resolves its services from the container when it starts serving; starting
+and stopping the store and the actor system is the runner's job (``notefly up``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quart import Quart
+from quart_schema import Info, QuartSchema
+
+import notefly
+from broker import pages, routes
+from broker.web import install_error_handlers
+from notefly.containers import Container, resolve
+from notefly.services import Catalogue, Publisher
+from notefly.store.sqlite import SqliteStore
+
+
+@dataclass
+class BrokerServices:
+    publisher: Publisher
+    catalogue: Catalogue
+    store: SqliteStore
+
+
+def create_app(container: Container) -> Quart:
+    settings = container.settings()
+    app = Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["NOTEFLY_SETTINGS"] = settings
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info=Info(
+            title="Notefly broker",
+            version=notefly.__version__,
+            description="Publish to a category; follow each message's deliveries.",
+        ),
+    )
+    install_error_handlers(app)
+
+    @app.before_serving
+    async def resolve_services() -> None:
+        app.extensions["notefly"] = BrokerServices(
+            publisher=await resolve(container.publisher),
+            catalogue=await resolve(container.catalogue),
+            store=await resolve(container.store),
+        )
+
+    app.register_blueprint(routes.blueprint)
+    app.register_blueprint(pages.blueprint)
+    return app
