@@ -1,0 +1,158 @@
+"""The client's HTML page: GET /sub, where a person registers, picks their channels
+per category and reads their notifications. Server-rendered forms, no JavaScript.
+
+The forms post to the JSON API's routes (``POST /users``, ``POST /sub``, the inbox's
+read routes), which hand form posts to the handlers here: success redirects back to
+the page (post/redirect/get), failure renders the page with the error.
+"""
+
+from __future__ import annotations
+
+import functools
+import zoneinfo
+from dataclasses import dataclass
+from typing import Any
+
+from quart import Blueprint, redirect, render_template, request, url_for
+from quart.typing import ResponseReturnValue
+from werkzeug.wrappers import Response
+
+from client.api import UserIn
+from client.web import services, settings
+from notefly.domain import ADDRESS_FIELDS, ADDRESS_NAMES, User
+from notefly.errors import InvalidInput, NoteflyError, NotFound
+from notefly.payloads import validate
+
+blueprint = Blueprint("pages", __name__, template_folder="templates")
+
+RECENT_NOTIFICATIONS = 20
+USERS_TO_PICK = 100
+FIELD_PREFIX = "sub:"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelColumn:
+    """One column of the subscription matrix."""
+
+    name: str
+    address_name: str | None  # what the channel needs, e.g. "phone number"; None: nothing
+    available: bool  # False: the user has no address for it, so it cannot be ticked
+
+
+@functools.cache
+def timezone_names() -> list[str]:
+    # Read once, on the first page that needs it; the tzdata listing walks the disk.
+    return sorted(zoneinfo.available_timezones() - {"localtime", "posixrules", "Factory"})
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        # A zone stored by another writer (the CLI) may not exist on this machine.
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def _columns(user: User) -> list[ChannelColumn]:
+    return [
+        ChannelColumn(
+            name=channel,
+            address_name=ADDRESS_NAMES.get(channel),
+            available=channel not in ADDRESS_FIELDS or bool(user.address_for(channel)),
+        )
+        for channel in settings().channels
+    ]
+
+
+def back_to_user(user_id: str, **args: Any) -> Response:
+    return redirect(url_for("pages.sub_page", user=user_id, **args), 303)
+
+
+async def _index_page(status: int = 200, **context: Any) -> tuple[str, int]:
+    users = await services().store.list_users(limit=USERS_TO_PICK)
+    html = await render_template("index.html", users=users, timezones=timezone_names(), **context)
+    return html, status
+
+
+async def _user_page(user_id: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    svc = services()
+    user = await svc.store.get_user(user_id)
+    subscriptions = await svc.store.list_subscriptions(user_id)
+    html = await render_template(
+        "user.html",
+        user=user,
+        zone=_zone(user.timezone),
+        categories=await svc.catalogue.list(),
+        channels=_columns(user),
+        subscribed={s.category_id: set(s.channels) for s in subscriptions},
+        notifications=await svc.inbox.list(user_id, limit=RECENT_NOTIFICATIONS),
+        **context,
+    )
+    return html, status
+
+
+async def user_page_with_error(user_id: str, error: NoteflyError) -> tuple[str, int]:
+    """The user's page showing ``error``; the register page when the user is unknown."""
+    try:
+        return await _user_page(user_id, error.status, error=error)
+    except NotFound as missing:
+        return await _index_page(missing.status, error=missing)
+
+
+@blueprint.get("/sub")
+async def sub_page() -> tuple[str, int]:
+    user_id = request.args.get("user", "").strip()
+    if not user_id:
+        return await _index_page()
+    try:
+        return await _user_page(user_id, saved=request.args.get("saved") == "1")
+    except NotFound as exc:
+        return await _index_page(exc.status, error=exc)
+
+
+async def register_form() -> ResponseReturnValue:
+    """POST /users from the register form: the same use case, answered with a page."""
+    form = await request.form
+    fields = {k: v for k, v in form.items() if k in UserIn.model_fields and v.strip()}
+    try:
+        body = validate(UserIn, fields)
+        user = await services().directory.register(body.user())
+    except NoteflyError as exc:
+        return await _index_page(exc.status, error=exc, form=fields)
+    return back_to_user(user.id)
+
+
+def _ticked(form: Any) -> dict[str, list[str]]:
+    """The matrix's ticked boxes, ``sub:<category>:<channel>``, as channels per category."""
+    ticked: dict[str, list[str]] = {}
+    for key in form:
+        if not key.startswith(FIELD_PREFIX):
+            continue
+        category, _, channel = key.removeprefix(FIELD_PREFIX).rpartition(":")
+        if not category or not channel:
+            raise InvalidInput(f"malformed field {key!r}", code="validation_failed")
+        ticked.setdefault(category, []).append(channel)
+    return ticked
+
+
+async def subscriptions_form() -> ResponseReturnValue:
+    """POST /sub from the matrix: ticked categories are upserted, the others dropped."""
+    form = await request.form
+    user_id = form.get("user", "").strip()
+    if not user_id:
+        error = InvalidInput("the form names no user", code="validation_failed")
+        return await _index_page(error.status, error=error)
+    svc = services()
+    try:
+        await svc.store.get_user(user_id)
+        ticked = _ticked(form)
+        current = {s.category_id for s in await svc.store.list_subscriptions(user_id)}
+        # One use-case call per category: a failure part-way leaves the earlier rows
+        # saved, so the error page shows the stored state, not the submitted one.
+        for category, channels in ticked.items():
+            await svc.directory.subscribe(user_id, category, channels)
+        for category in sorted(current - ticked.keys()):
+            await svc.directory.unsubscribe(user_id, category)
+    except NoteflyError as exc:
+        return await user_page_with_error(user_id, exc)
+    return back_to_user(user_id, saved=1)
