@@ -7,8 +7,10 @@ before anything is resolved.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
@@ -21,6 +23,8 @@ from notefly.ports import Channel, Clock
 from notefly.rendering import TemplateRenderer, build_environment
 from notefly.services import Catalogue, Directory, Inbox, Publisher
 from notefly.store.sqlite import SqliteStore
+
+T = TypeVar("T")
 
 
 async def open_store(settings: Settings, clock: Clock) -> AsyncIterator[SqliteStore]:
@@ -97,3 +101,25 @@ class Container(containers.DeclarativeContainer):
     )
     inbox = providers.Factory(Inbox, store=store)
     catalogue = providers.Factory(Catalogue, store=store)
+
+
+async def resolve(provider: Callable[[], T]) -> T:
+    """The object a provider gives, awaiting it when it depends on an async Resource."""
+    value: Any = provider()
+    if inspect.isawaitable(value):
+        value = await value
+    return cast(T, value)
+
+
+async def start(resource: Any) -> None:
+    """Initialise a Resource provider (async or not)."""
+    result = resource.init()
+    if inspect.isawaitable(result):
+        await result
+
+
+async def stop(resource: Any) -> None:
+    """Shut a Resource provider down (async or not); a no-op if it never started."""
+    result = resource.shutdown()
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,3 @@
+from notefly.cli import main
+
+raise SystemExit(main())
