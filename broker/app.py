@@ -15,15 +15,15 @@ import notefly
 from broker import pages, routes
 from broker.web import install_error_handlers
 from notefly.containers import Container, resolve
+from notefly.ports import Store
 from notefly.services import Catalogue, Publisher
-from notefly.store.sqlite import SqliteStore
 
 
 @dataclass
 class BrokerServices:
     publisher: Publisher
     catalogue: Catalogue
-    store: SqliteStore
+    store: Store
 
 
 def create_app(container: Container) -> Quart:

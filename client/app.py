@@ -16,8 +16,8 @@ import notefly
 from client import inbox, pages, routes
 from client.web import install_error_handlers
 from notefly.containers import Container, resolve
+from notefly.ports import Store
 from notefly.services import Catalogue, Directory, Inbox
-from notefly.store.sqlite import SqliteStore
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ClientServices:
     directory: Directory
     inbox: Inbox
     catalogue: Catalogue
-    store: SqliteStore
+    store: Store
 
 
 def create_app(container: Container) -> Quart:

@@ -69,15 +69,15 @@ def back_to_user(user_id: str, **args: Any) -> Response:
 
 
 async def _index_page(status: int = 200, **context: Any) -> tuple[str, int]:
-    users = await services().store.list_users(limit=USERS_TO_PICK)
+    users = await services().directory.users(limit=USERS_TO_PICK)
     html = await render_template("index.html", users=users, timezones=timezone_names(), **context)
     return html, status
 
 
 async def _user_page(user_id: str, status: int = 200, **context: Any) -> tuple[str, int]:
     svc = services()
-    user = await svc.store.get_user(user_id)
-    subscriptions = await svc.store.list_subscriptions(user_id)
+    user = await svc.directory.get(user_id)
+    subscriptions = await svc.directory.subscriptions(user_id)
     html = await render_template(
         "user.html",
         user=user,
@@ -142,17 +142,9 @@ async def subscriptions_form() -> ResponseReturnValue:
     if not user_id:
         error = InvalidInput("the form names no user", code="validation_failed")
         return await _index_page(error.status, error=error)
-    svc = services()
     try:
-        await svc.store.get_user(user_id)
-        ticked = _ticked(form)
-        current = {s.category_id for s in await svc.store.list_subscriptions(user_id)}
-        # One use-case call per category: a failure part-way leaves the earlier rows
-        # saved, so the error page shows the stored state, not the submitted one.
-        for category, channels in ticked.items():
-            await svc.directory.subscribe(user_id, category, channels)
-        for category in sorted(current - ticked.keys()):
-            await svc.directory.unsubscribe(user_id, category)
+        # All or nothing: the matrix is the user's whole set of subscriptions.
+        await services().directory.set_subscriptions(user_id, _ticked(form))
     except NoteflyError as exc:
         return await user_page_with_error(user_id, exc)
     return back_to_user(user_id, saved=1)

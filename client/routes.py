@@ -49,7 +49,7 @@ async def register_user() -> Any:
 @document_response(ErrorOut, 422)
 async def list_users() -> dict[str, Any]:
     query = read_query(UsersQuery)
-    users = await services().store.list_users(limit=query.limit)
+    users = await services().directory.users(limit=query.limit)
     return UsersOut(users=[UserOut.of(u) for u in users]).model_dump(mode="json")
 
 
@@ -57,7 +57,7 @@ async def list_users() -> dict[str, Any]:
 @document_response(UserOut)
 @document_response(ErrorOut, 404)
 async def get_user(user_id: str) -> dict[str, Any]:
-    user = await services().store.get_user(user_id)
+    user = await services().directory.get(user_id)
     return UserOut.of(user).model_dump(mode="json")
 
 
@@ -77,7 +77,7 @@ async def update_user(user_id: str) -> dict[str, Any]:
 @document_response(ErrorOut, 404)
 async def delete_user(user_id: str) -> tuple[str, int]:
     """Erase the user with their subscriptions and inbox."""
-    await services().store.delete_user(user_id)
+    await services().directory.delete(user_id)
     return "", 204
 
 
@@ -85,9 +85,7 @@ async def delete_user(user_id: str) -> tuple[str, int]:
 @document_response(SubscriptionsOut)
 @document_response(ErrorOut, 404)
 async def list_subscriptions(user_id: str) -> dict[str, Any]:
-    store = services().store
-    await store.get_user(user_id)  # an unknown user is a 404, not an empty list
-    subscriptions = await store.list_subscriptions(user_id)
+    subscriptions = await services().directory.subscriptions(user_id)
     return SubscriptionsOut(
         subscriptions=[SubscriptionOut.of(s) for s in subscriptions]
     ).model_dump(mode="json")
