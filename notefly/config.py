@@ -34,6 +34,7 @@ class Settings:
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
     entity_idle_seconds: float = 60.0
+    send_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
     template_dir: Path | None = None
     log_format: str = "auto"  # auto | json | console
@@ -89,7 +90,7 @@ _INTS = {
     "max_attempts",
     "max_body_bytes",
 }
-_FLOATS = {"retry_base_seconds", "entity_idle_seconds"}
+_FLOATS = {"retry_base_seconds", "entity_idle_seconds", "send_timeout_seconds"}
 _PATHS = {"data_dir", "template_dir"}
 
 

@@ -56,6 +56,7 @@ async def run_actors(
             retry_base_seconds=settings.retry_base_seconds,
             round_size=settings.round_size,
             entity_idle_seconds=settings.entity_idle_seconds,
+            send_timeout_seconds=settings.send_timeout_seconds,
         ),
     )
     await system.start()

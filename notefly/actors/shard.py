@@ -31,6 +31,8 @@ from notefly.ports import Channel, Clock, Renderer, Store
 
 log = structlog.get_logger("notefly.actors.shard")
 
+RECORD_ATTEMPTS = 8  # about 25 s of backoff before a write of outcomes is given up
+
 
 @dataclass(slots=True)
 class Entity:
@@ -47,6 +49,7 @@ class ShardSettings:
     round_size: int = 256
     max_rounds_in_flight: int = 4
     entity_idle_seconds: float = 60.0
+    send_timeout_seconds: float = 30.0
 
 
 def _round_done(
@@ -191,11 +194,12 @@ class ChannelShard(pykka.ThreadingActor):
         """Record the outcomes, waiting out a store failure rather than sending again.
 
         The round stays in flight meanwhile, so a shard whose store is down stops taking
-        new work (backpressure). If the process dies first, the deliveries are still
-        queued in the store and go out again after the restart (at-least-once).
+        new work (backpressure). When the store stays down, the shard gives up on this
+        write: the deliveries are still queued in the store, and recovery sends them
+        again at the next start (at-least-once).
         """
         delay = self._settings.retry_base_seconds / 10
-        while True:
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
             try:
                 await self._store.record_outcomes(outcomes)
                 return
@@ -203,10 +207,12 @@ class ChannelShard(pykka.ThreadingActor):
                 log.error(
                     "store.record_failed",
                     channel=self.channel.name,
+                    attempt=attempt,
                     deliveries=len(outcomes),
                     error=repr(exc),
-                    retry_in=delay,
                 )
+                if attempt == RECORD_ATTEMPTS:
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -222,7 +228,14 @@ class ChannelShard(pykka.ThreadingActor):
             return self._failed(task, attempt, rendered)
         started = self._monotonic()
         try:
-            result = await self.channel.send(rendered, delivery_id=task.id)
+            try:
+                async with asyncio.timeout(self._settings.send_timeout_seconds):
+                    result = await self.channel.send(rendered, delivery_id=task.id)
+            except TimeoutError:
+                # A provider that never answers must not hold its whole round.
+                raise TransientChannelError(
+                    f"the provider did not answer within {self._settings.send_timeout_seconds}s"
+                ) from None
         except TransientChannelError as exc:
             if attempt < self._settings.max_attempts:
                 log.warning("delivery.retry", attempt=attempt, error=exc.message)
