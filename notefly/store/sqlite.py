@@ -120,11 +120,10 @@ class SqliteStore:
                 await writer.execute("PRAGMA journal_mode=WAL")
                 if migrate:
                     await migrate_sqlite(writer)
-            reader = await _connect(path)
+            reader = await _connect(path, "PRAGMA query_only=ON")
         except BaseException:
             await writer.close()
             raise
-        await reader.execute("PRAGMA query_only=ON")
         store = cls(writer, reader, clock)
         store.writer.start()
         return store
@@ -601,11 +600,17 @@ async def _setup_lock(path: Path) -> AsyncIterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    # synchronous=FULL: a 202 means the message survives a power cut, not only a
-    # process crash; group commit pays the fsync once for many publishes.
+async def _connect(path: Path, *pragmas: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
-    await conn.execute("PRAGMA busy_timeout=10000")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA synchronous=FULL")
+    try:
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        # synchronous=FULL: a 202 means the message survives a power cut, not only a
+        # process crash; group commit pays the fsync once for many publishes.
+        await conn.execute("PRAGMA synchronous=FULL")
+        for pragma in pragmas:
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()  # its thread is non-daemon: never leave it running
+        raise
     return conn
