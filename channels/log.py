@@ -42,3 +42,11 @@ def EmailLogChannel(settings: Settings) -> LogChannel:
 
 def PushLogChannel(settings: Settings) -> LogChannel:
     return LogChannel("push")
+
+
+def WebhookLogChannel(settings: Settings) -> LogChannel:  # noqa: N802
+    return LogChannel("webhook")
+
+
+def AppriseLogChannel(settings: Settings) -> LogChannel:  # noqa: N802
+    return LogChannel("apprise")

@@ -39,6 +39,9 @@ class Settings:
     template_dir: Path | None = None
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+    # Every NOTEFLY_* variable as given, for providers to read their own settings
+    # (NOTEFLY_SMTP_HOST, ...) and validate them when they are built at start-up.
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def sqlite_path(self) -> Path:
@@ -64,7 +67,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"NOTEFLY_{f.name.upper()}")
-            if raw is None or f.name == "providers":
+            if raw is None or f.name in ("providers", "env"):
                 continue
             try:
                 values[f.name] = _parse(f.name, raw)
@@ -78,6 +81,7 @@ class Settings:
             for ch in channels
             if f"NOTEFLY_{ch.upper()}_PROVIDER" in env
         }
+        values["env"] = {k: v for k, v in env.items() if k.startswith("NOTEFLY_")}
         return cls(**values)
 
 

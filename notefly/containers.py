@@ -19,7 +19,7 @@ from notefly.actors.shard import ShardSettings
 from notefly.clock import SortableIds, SystemClock
 from notefly.config import Settings
 from notefly.plugins import load_channels
-from notefly.ports import Channel, Clock
+from notefly.ports import Channel, Clock, NullObserver, Observer
 from notefly.rendering import TemplateRenderer, build_environment
 from notefly.services import Catalogue, Directory, Inbox, Publisher
 from notefly.store.sqlite import SqliteStore
@@ -42,8 +42,10 @@ async def run_actors(
     channels: Mapping[str, Channel],
     clock: Clock,
     monotonic: Callable[[], float],
+    observer: Observer,
 ) -> AsyncIterator[ActorSystem]:
     system = ActorSystem(
+        observer=observer,
         store=store,
         renderer=renderer,
         channels=channels,
@@ -82,8 +84,10 @@ class Container(containers.DeclarativeContainer):
     )
     renderer = providers.ThreadSafeSingleton(TemplateRenderer, template_env)
     channels = providers.ThreadSafeSingleton(load_channels, settings)
+    observer: providers.Provider[Observer] = providers.ThreadSafeSingleton(NullObserver)
     actors = providers.Resource(
         run_actors,
+        observer=observer,
         settings=settings,
         store=store,
         renderer=renderer,
@@ -92,7 +96,9 @@ class Container(containers.DeclarativeContainer):
         monotonic=monotonic,
     )
 
-    publisher = providers.Factory(Publisher, store=store, dispatcher=actors, ids=ids, clock=clock)
+    publisher = providers.Factory(
+        Publisher, store=store, dispatcher=actors, ids=ids, clock=clock, observer=observer
+    )
     directory = providers.Factory(
         Directory,
         store=store,

@@ -54,6 +54,47 @@ class Channel(Protocol):
     async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult: ...
 
 
+class Observer(Protocol):
+    """Hears what happens to messages and deliveries (metrics, dashboards).
+
+    Called on the event loop thread or on actor threads: implementations must be cheap
+    and thread-safe, and must never raise.
+    """
+
+    def message_accepted(self, category: str) -> None: ...
+
+    def delivery_finished(
+        self,
+        channel: str,
+        provider: str | None,
+        status: str,
+        attempt: int,
+        latency_seconds: float | None,
+    ) -> None: ...
+
+    def delivery_retried(self, channel: str, provider: str | None, attempt: int) -> None: ...
+
+
+class NullObserver:
+    """The observer when nobody listens."""
+
+    def message_accepted(self, category: str) -> None:
+        pass
+
+    def delivery_finished(
+        self,
+        channel: str,
+        provider: str | None,
+        status: str,
+        attempt: int,
+        latency_seconds: float | None,
+    ) -> None:
+        pass
+
+    def delivery_retried(self, channel: str, provider: str | None, attempt: int) -> None:
+        pass
+
+
 @dataclass(frozen=True, slots=True)
 class FanoutPage:
     """One page of a message's audience, already recorded as queued deliveries."""

@@ -23,7 +23,7 @@ from notefly.domain import (
     User,
 )
 from notefly.errors import InvalidInput
-from notefly.ports import Clock, DeliveryCounts, IdFactory, Store
+from notefly.ports import Clock, DeliveryCounts, IdFactory, NullObserver, Observer, Store
 
 
 class Dispatcher(Protocol):
@@ -41,11 +41,19 @@ class PublishCommand:
 
 
 class Publisher:
-    def __init__(self, store: Store, dispatcher: Dispatcher, ids: IdFactory, clock: Clock):
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        ids: IdFactory,
+        clock: Clock,
+        observer: Observer | None = None,
+    ):
         self._store = store
         self._dispatcher = dispatcher
         self._ids = ids
         self._clock = clock
+        self._observer = observer or NullObserver()
 
     async def publish(self, cmd: PublishCommand) -> tuple[Message, bool]:
         """Commit a message and start its fan-out; returns (message, created now).
@@ -65,6 +73,7 @@ class Publisher:
         )
         stored, created = await self._store.accept_message(message)
         if created:
+            self._observer.message_accepted(stored.category_id)
             self._dispatcher.publish(stored)
         return stored, created
 

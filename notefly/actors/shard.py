@@ -27,7 +27,7 @@ from notefly.actors.bridge import LoopBridge
 from notefly.actors.messages import Deliver, Resume, RoundDone, Sweep
 from notefly.domain import ADDRESS_FIELDS, DeliveryStatus, DeliveryTask, Outcome, Rendered
 from notefly.errors import PermanentChannelError, TransientChannelError
-from notefly.ports import Channel, Clock, Renderer, Store
+from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
 
 log = structlog.get_logger("notefly.actors.shard")
 
@@ -71,6 +71,7 @@ class ChannelShard(pykka.ThreadingActor):
         monotonic: Callable[[], float],
         settings: ShardSettings,
         rng: random.Random | None = None,
+        observer: Observer | None = None,
     ) -> None:
         super().__init__()
         self.channel = channel
@@ -82,6 +83,7 @@ class ChannelShard(pykka.ThreadingActor):
         self._monotonic = monotonic
         self._settings = settings
         self._rng = rng or random.Random()
+        self._observer = observer or NullObserver()
         self.entities: dict[str, Entity] = {}
         self._ready: deque[Entity] = deque()
         self._rounds_in_flight = 0
@@ -217,6 +219,18 @@ class ChannelShard(pykka.ThreadingActor):
                 delay = min(delay * 2, 5.0)
 
     async def _send_one(self, task: DeliveryTask, rendered: Rendered | Exception) -> Outcome:
+        started = self._monotonic()
+        outcome = await self._attempt(task, rendered)
+        latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
+        if outcome.status is DeliveryStatus.QUEUED:
+            self._observer.delivery_retried(task.channel, outcome.provider, outcome.attempts)
+        else:
+            self._observer.delivery_finished(
+                task.channel, outcome.provider, outcome.status.value, outcome.attempts, latency
+            )
+        return outcome
+
+    async def _attempt(self, task: DeliveryTask, rendered: Rendered | Exception) -> Outcome:
         structlog.contextvars.bind_contextvars(
             message_id=task.message.id,
             delivery_id=task.id,

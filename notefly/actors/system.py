@@ -21,7 +21,7 @@ from notefly.actors.category import CategoryActor
 from notefly.actors.messages import Deliver, Fanout, Sweep
 from notefly.actors.shard import ChannelShard, ShardSettings
 from notefly.domain import DeliveryTask, Message
-from notefly.ports import Channel, Clock, Renderer, Store
+from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
 
 log = structlog.get_logger("notefly.actors")
 
@@ -41,6 +41,7 @@ class ActorSystem:
         page_size: int = 500,
         shard_settings: ShardSettings | None = None,
         sweep_seconds: float = 30.0,
+        observer: Observer | None = None,
     ) -> None:
         self._store = store
         self._renderer = renderer
@@ -51,6 +52,7 @@ class ActorSystem:
         self._page_size = page_size
         self._shard_settings = shard_settings or ShardSettings()
         self._sweep_seconds = sweep_seconds
+        self._observer = observer or NullObserver()
         self._lock = threading.Lock()
         self._shards: dict[str, list[pykka.ActorRef[ChannelShard]]] = {}
         self._categories: dict[str, pykka.ActorRef[CategoryActor]] = {}
@@ -162,6 +164,7 @@ class ActorSystem:
             clock=self._clock,
             monotonic=self._monotonic,
             settings=self._shard_settings,
+            observer=self._observer,
         )
 
     def _category(self, category_id: str) -> pykka.ActorRef[CategoryActor]:
