@@ -34,9 +34,13 @@ class Service:
         return f"http://{self.host}:{self.port}"
 
 
-def hypercorn_config(service: Service, grace: float) -> Config:
+def hypercorn_config(service: Service, grace: float, *, reuse_port: bool = False) -> Config:
     config = Config()
     config.bind = [f"{service.host}:{service.port}"]
+    if reuse_port:
+        # Several worker processes bind the same port; hypercorn sets SO_REUSEPORT when
+        # it is told there are several workers (it spawns none itself under serve()).
+        config.workers = 2
     config.graceful_timeout = grace
     config.accesslog = None
     config.errorlog = "-"
@@ -44,7 +48,12 @@ def hypercorn_config(service: Service, grace: float) -> Config:
 
 
 async def run(
-    container: Container, services: list[Service], *, seed_demo: bool = False, grace: float = 3.0
+    container: Container,
+    services: list[Service],
+    *,
+    seed_demo: bool = False,
+    grace: float = 3.0,
+    reuse_port: bool = False,
 ) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,7 +69,11 @@ async def run(
         ]
         servers = [
             asyncio.create_task(
-                serve(app, hypercorn_config(s, grace), shutdown_trigger=shutdown.wait)
+                serve(
+                    app,
+                    hypercorn_config(s, grace, reuse_port=reuse_port),
+                    shutdown_trigger=shutdown.wait,
+                )
             )
             for s, app in apps
         ]

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +34,7 @@ from notefly.domain import (
 )
 from notefly.errors import Conflict, NotFound
 from notefly.ports import DeliveryCounts, FanoutPage, SendResult
+from notefly.schedule import Throttle
 
 SEED_CATEGORIES = (
     Category("finance", "Finance", "Markets, rates and money news"),
@@ -78,6 +79,7 @@ class StoreDown(Exception):
 class _Fanout:
     cursor: str | None = None
     done: bool = False
+    owner: str | None = None
 
 
 class FakeStore:
@@ -98,6 +100,9 @@ class FakeStore:
         self.inbox: dict[str, tuple[int, Notification]] = {}  # id -> (seq, entry)
         self.outcomes: dict[str, Outcome] = {}  # the latest outcome per delivery id
         self.outcome_calls: list[list[Outcome]] = []  # every committed record_outcomes
+        self.owners: dict[str, str | None] = {}  # delivery id -> owner node
+        self.not_before: dict[str, datetime] = {}
+        self.nodes: dict[str, datetime] = {}  # node -> last heartbeat
         self._seq = itertools.count(1)
         self._failures: Counter[str] = Counter()
 
@@ -191,13 +196,15 @@ class FakeStore:
 
     # -- messages -----------------------------------------------------------------------
 
-    async def accept_message(self, message: Message) -> tuple[Message, bool]:
+    async def accept_message(
+        self, message: Message, *, owner: str | None = None
+    ) -> tuple[Message, bool]:
         if message.idempotency_key is not None:
             for stored in self.messages.values():
                 if stored.idempotency_key == message.idempotency_key:
                     return stored, False
         self.messages[message.id] = message
-        self.fanouts[message.id] = _Fanout()
+        self.fanouts[message.id] = _Fanout(owner=owner)
         return message, True
 
     async def get_message(self, message_id: str) -> Message:
@@ -221,8 +228,17 @@ class FakeStore:
     # -- fan-out and delivery -------------------------------------------------------------
 
     async def fanout_page(
-        self, message: Message, after_user: str | None, limit: int, channels: Sequence[str]
+        self,
+        message: Message,
+        after_user: str | None,
+        limit: int,
+        channels: Sequence[str],
+        *,
+        owner: str | None = None,
+        throttles: Mapping[str, Throttle] | None = None,
     ) -> FanoutPage:
+        # Schedules, quiet hours and throttles are not modelled here: every subscription
+        # is immediate (they are tested against the real store).
         self._maybe_fail("fanout_page")
         enabled = set(channels)
         after = after_user or ""
@@ -254,6 +270,7 @@ class FakeStore:
                     self.deliveries[did] = _new_delivery(
                         did, message.id, user.id, channel, status, address, reason, now
                     )
+                    self.owners[did] = None if reason else owner
                 if reason:
                     skipped += 1
                 else:
@@ -261,7 +278,7 @@ class FakeStore:
                     tasks.append(DeliveryTask(did, message, channel, recipient))
         done = len(audience) < limit
         cursor = audience[-1].user_id if audience else after_user
-        self.fanouts[message.id] = _Fanout(cursor, done)
+        self.fanouts[message.id] = _Fanout(cursor, done, self.fanouts[message.id].owner)
         return FanoutPage(tasks, skipped, cursor, done)
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -288,7 +305,67 @@ class FakeStore:
                 sent_at=at if o.status is DeliveryStatus.SENT else None,
             )
             self.outcomes[o.delivery_id] = o
+            if o.status is DeliveryStatus.QUEUED:  # a retry: the owner keeps it
+                self.not_before[o.delivery_id] = at + timedelta(seconds=o.retry_after or 0)
+            else:
+                self.owners[o.delivery_id] = None
+                self.not_before.pop(o.delivery_id, None)
         self.outcome_calls.append(list(outcomes))
+
+    # -- work distribution ------------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str) -> None:
+        self.nodes[node_id] = self.clock.now()
+
+    async def release(self, node_id: str) -> None:
+        self._release([node_id])
+
+    async def release_dead(self, silent_since: datetime) -> list[str]:
+        dead = [n for n, beat in self.nodes.items() if beat < silent_since]
+        self._release(dead)
+        return dead
+
+    def _release(self, nodes: Sequence[str]) -> None:
+        for did, owner in self.owners.items():
+            if owner in nodes and self.deliveries[did].status is DeliveryStatus.QUEUED:
+                self.owners[did] = None
+        for fanout in self.fanouts.values():
+            if fanout.owner in nodes and not fanout.done:
+                fanout.owner = None
+        for node in nodes:
+            self.nodes.pop(node, None)
+
+    async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]:
+        free = [
+            m
+            for m in sorted(self.messages.values(), key=lambda m: m.accepted_at)
+            if not self.fanouts[m.id].done and self.fanouts[m.id].owner is None
+        ][:limit]
+        for m in free:
+            self.fanouts[m.id].owner = node_id
+        return [(m, self.fanouts[m.id].cursor) for m in free]
+
+    async def claim_deliveries(self, node_id: str, limit: int) -> list[DeliveryTask]:
+        now = self.clock.now()
+        free = [
+            t
+            for t in await self.queued_tasks(None, len(self.deliveries) + 1)
+            if self.owners.get(t.id) is None and self.not_before.get(t.id, now) <= now
+        ][:limit]
+        for t in free:
+            self.owners[t.id] = node_id
+        return free
+
+    async def claim_digests(self, node_id: str, limit: int) -> list[DeliveryTask]:
+        return []  # nothing is ever collected for a digest here (see fanout_page)
+
+    async def reschedule_collected(
+        self, user_id: str, category_id: str, not_before: datetime
+    ) -> int:
+        return 0
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (the port)
+        await asyncio.sleep(timeout)
 
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]:
         pending = [m for m in self.messages.values() if not self.fanouts[m.id].done]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pykka
@@ -12,6 +12,7 @@ from notefly.actors.bridge import LoopBridge
 from notefly.actors.messages import Fanout, PageDone
 from notefly.domain import DeliveryTask
 from notefly.ports import FanoutPage, Store
+from notefly.schedule import Throttle
 
 log = structlog.get_logger("notefly.actors.category")
 
@@ -24,15 +25,23 @@ class CategoryActor(pykka.ThreadingActor):
         store: Store,
         bridge: LoopBridge,
         dispatch: Callable[[Sequence[DeliveryTask]], None],
+        has_room: Callable[[], bool],
         channels: Sequence[str],
         page_size: int,
+        owner: str,
         retry_seconds: float,
+        throttles: Mapping[str, Throttle] | None = None,
+        wait_seconds: float = 0.05,
     ) -> None:
         super().__init__()
         self.category_id = category_id
         self._store = store
         self._bridge = bridge
         self._dispatch = dispatch
+        self._has_room = has_room
+        self._owner = owner
+        self._throttles = dict(throttles or {})
+        self._wait_seconds = wait_seconds
         self._channels = tuple(channels)
         self._page_size = page_size
         self._retry_seconds = retry_seconds
@@ -50,8 +59,18 @@ class CategoryActor(pykka.ThreadingActor):
 
     def _next_page(self, fanout: Fanout) -> None:
         self.active.setdefault(fanout.message.id, 0)
+        if not self._has_room():
+            # The node holds as many deliveries as it may: resolve the next page of
+            # the audience when the shards have worked some off (bounded memory).
+            self._bridge.tell_later(self._wait_seconds, self.actor_ref, fanout)
+            return
         coro = self._store.fanout_page(
-            fanout.message, fanout.cursor, self._page_size, self._channels
+            fanout.message,
+            fanout.cursor,
+            self._page_size,
+            self._channels,
+            owner=self._owner,
+            throttles=self._throttles,
         )
         self._bridge.pipe(
             coro, self.actor_ref, lambda f: PageDone(fanout.message, fanout.cursor, f)

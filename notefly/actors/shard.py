@@ -72,6 +72,7 @@ class ChannelShard(pykka.ThreadingActor):
         settings: ShardSettings,
         rng: random.Random | None = None,
         observer: Observer | None = None,
+        on_settled: Callable[[list[str]], None] = lambda _ids: None,
     ) -> None:
         super().__init__()
         self.channel = channel
@@ -84,6 +85,7 @@ class ChannelShard(pykka.ThreadingActor):
         self._settings = settings
         self._rng = rng or random.Random()
         self._observer = observer or NullObserver()
+        self._on_settled = on_settled
         self.entities: dict[str, Entity] = {}
         self._ready: deque[Entity] = deque()
         self._rounds_in_flight = 0
@@ -137,6 +139,8 @@ class ChannelShard(pykka.ThreadingActor):
         if task.channel in ADDRESS_FIELDS and not task.recipient.address:
             return PermanentChannelError("the user has no address for this channel any more")
         try:
+            if task.is_digest:
+                return self._renderer.render_digest(task.channel, task.items, task.recipient)
             return self._renderer.render(task.channel, task.message, task.recipient)
         except Exception as exc:  # a broken template fails its own delivery only
             return exc
@@ -150,6 +154,7 @@ class ChannelShard(pykka.ThreadingActor):
         )
         if error is not None:  # not expected: _send_one contains every provider error
             log.error("shard.round_failed", channel=self.channel.name, error=repr(error))
+        settled = []
         for task in done.tasks:
             entity = self.entities[task.recipient.user_id]
             entity.last_active = now
@@ -159,13 +164,18 @@ class ChannelShard(pykka.ThreadingActor):
                 # entity waits for it, so later messages never overtake a retried one.
                 attempts = outcome.attempts if outcome else task.attempts
                 entity.pending[0] = replace(task, attempts=attempts)
-                delay = self._retry_delay(outcome) if outcome else self._backoff(attempts + 1)
-                self._bridge.tell_later(delay, self.actor_ref, Resume(entity.user_id))
+                delay = outcome.retry_after if outcome and outcome.retry_after else None
+                self._bridge.tell_later(
+                    delay or self._backoff(attempts + 1), self.actor_ref, Resume(entity.user_id)
+                )
                 continue
             entity.pending.popleft()
             entity.busy = False
+            settled.append(task.id)
             if entity.pending:
                 self._ready.append(entity)
+        if settled:
+            self._on_settled(settled)
 
     def _resume(self, user_id: str) -> None:
         entity = self.entities.get(user_id)
@@ -223,6 +233,9 @@ class ChannelShard(pykka.ThreadingActor):
         outcome = await self._attempt(task, rendered)
         latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
         if outcome.status is DeliveryStatus.QUEUED:
+            # Decide the wait now, so the store keeps it (not_before) for whichever node
+            # retries after this one.
+            outcome = replace(outcome, retry_after=self._retry_delay(outcome), at=self._clock.now())
             self._observer.delivery_retried(task.channel, outcome.provider, outcome.attempts)
         else:
             self._observer.delivery_finished(

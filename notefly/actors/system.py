@@ -1,7 +1,13 @@
-"""The actor system of one broker process: its category actors and channel shards.
+"""The actor system of one broker node (process): its category actors and channel shards.
 
-It is started and stopped by the container. ``dispatch`` is the one way into it; a
-shard that died is restarted on the next dispatch (pykka has no supervisor of its own).
+Work reaches a node two ways. What this node accepts it fans out and delivers itself,
+at once (the message and then its deliveries are owned by the node from the moment they
+are written). Everything else, work of nodes that stopped or died and the retries they
+left, is claimed from the store by the ``WorkPump``. Either way the node holds at most
+``max_pending`` deliveries in memory: fan-out pauses and claims shrink when it is full.
+
+A shard that dies is replaced on the next dispatch (pykka has no supervisor of its
+own) and receives again the deliveries it held.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import asyncio
 import threading
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pykka
@@ -19,13 +25,15 @@ import structlog
 from notefly.actors.bridge import LoopBridge
 from notefly.actors.category import CategoryActor
 from notefly.actors.messages import Deliver, Fanout, Sweep
+from notefly.actors.pump import PumpSettings, WorkPump
 from notefly.actors.shard import ChannelShard, ShardSettings
 from notefly.domain import DeliveryTask, Message
 from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
+from notefly.schedule import Throttle
 
 log = structlog.get_logger("notefly.actors")
 
-RECOVERY_PAGE = 2000
+ShardKey = tuple[str, int]  # (channel, shard index)
 
 
 class ActorSystem:
@@ -37,12 +45,18 @@ class ActorSystem:
         channels: Mapping[str, Channel],
         clock: Clock,
         monotonic: Callable[[], float],
+        node_id: str = "local",
         shards_per_channel: int = 4,
         page_size: int = 500,
+        max_pending: int = 50_000,
         shard_settings: ShardSettings | None = None,
+        pump_settings: PumpSettings | None = None,
         sweep_seconds: float = 30.0,
         observer: Observer | None = None,
+        throttles: Mapping[str, Throttle] | None = None,
     ) -> None:
+        self.node_id = node_id
+        self.max_pending = max_pending
         self._store = store
         self._renderer = renderer
         self._channels = dict(channels)
@@ -51,33 +65,45 @@ class ActorSystem:
         self._shards_per_channel = shards_per_channel
         self._page_size = page_size
         self._shard_settings = shard_settings or ShardSettings()
+        self._pump_settings = pump_settings or PumpSettings()
         self._sweep_seconds = sweep_seconds
         self._observer = observer or NullObserver()
+        self._throttles = dict(throttles or {})
         self._lock = threading.Lock()
         self._shards: dict[str, list[pykka.ActorRef[ChannelShard]]] = {}
         self._categories: dict[str, pykka.ActorRef[CategoryActor]] = {}
+        # Deliveries handed to shards and not final yet, by shard: what a restarted
+        # shard must receive again, and the measure of this node's memory use.
+        self._held: dict[ShardKey, dict[str, DeliveryTask]] = defaultdict(dict)
+        self._held_count = 0
         self._bridge: LoopBridge | None = None
+        self._pump: WorkPump | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.restarts = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def start(self, *, recover: bool = True) -> None:
+    async def start(self, *, claim: bool = True) -> None:
+        """Start the actors; with ``claim``, also take part in sharing work."""
         self._bridge = LoopBridge(asyncio.get_running_loop())
         for name in self._channels:
             self._shards[name] = [
                 self._spawn_shard(name, i) for i in range(self._shards_per_channel)
             ]
+        self._schedule_sweep()
         log.info(
             "actors.started",
+            node=self.node_id,
             channels=list(self._channels),
             shards=self._shards_per_channel * len(self._channels),
         )
-        self._schedule_sweep()
-        if recover:
-            await self.recover()
+        if claim:
+            self._pump = WorkPump(self, self._store, self._clock, self._pump_settings)
+            await self._pump.start()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._pump is not None:
+            await self._pump.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         with self._lock:
@@ -92,47 +118,64 @@ class ActorSystem:
                 if shard.is_alive():
                     shard.stop()
         self._shards.clear()
-        log.info("actors.stopped")
+        if self._pump is not None:
+            # Hand back what is left, so that another node need not wait for this one
+            # to be declared dead.
+            await self._pump.release()
+        log.info("actors.stopped", node=self.node_id, held=self._held_count)
 
-    async def recover(self) -> None:
-        """Finish what a previous run accepted but did not complete."""
-        after: str | None = None
-        resumed = 0
-        while True:
-            tasks = await self._store.queued_tasks(after, RECOVERY_PAGE)
-            if not tasks:
-                break
-            self.dispatch(tasks)
-            resumed += len(tasks)
-            after = tasks[-1].id
-        fanouts = await self._store.unfinished_fanouts()
-        for message, cursor in fanouts:
-            self._category(message.category_id).tell(Fanout(message, cursor))
-        if resumed or fanouts:
-            log.info("actors.recovered", deliveries=resumed, fanouts=len(fanouts))
-
-    # -- the way in -------------------------------------------------------------------
+    # -- the ways in --------------------------------------------------------------------
 
     def publish(self, message: Message) -> None:
-        """Start the fan-out of a committed message."""
-        self._category(message.category_id).tell(Fanout(message))
+        """Start the fan-out of a committed message this node owns."""
+        self.fanout(message, None)
+
+    def fanout(self, message: Message, cursor: str | None) -> None:
+        self._category(message.category_id).tell(Fanout(message, cursor))
 
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:
         """Hand deliveries to the shards that host their users' entities."""
-        batches: dict[tuple[str, int], list[DeliveryTask]] = defaultdict(list)
+        batches: dict[ShardKey, list[DeliveryTask]] = defaultdict(list)
         for task in tasks:
             batches[(task.channel, self._shard_of(task.recipient.user_id))].append(task)
-        for (channel, index), batch in batches.items():
-            self._shard(channel, index).tell(Deliver(tuple(batch)))
+        # Resolve (and if need be restart) the shards first: a restarted shard gets
+        # what its predecessor held, which must not include this batch twice.
+        refs = {key: self._shard(*key) for key in batches}
+        with self._lock:
+            for key, batch in batches.items():
+                held = self._held[key]
+                before = len(held)
+                held.update((t.id, t) for t in batch)
+                self._held_count += len(held) - before
+        for key, batch in batches.items():
+            refs[key].tell(Deliver(tuple(batch)))
+
+    # -- what the actors tell the system -------------------------------------------------
+
+    def pending(self) -> int:
+        """Deliveries this node holds in memory and has not finished."""
+        return self._held_count
+
+    def has_room(self) -> bool:
+        return self._held_count < self.max_pending
+
+    def settled(self, key: ShardKey, delivery_ids: Iterable[str]) -> None:
+        """Called by a shard (on its thread) for deliveries that reached a final state."""
+        with self._lock:
+            held = self._held[key]
+            for did in delivery_ids:
+                if held.pop(did, None) is not None:
+                    self._held_count -= 1
 
     def stats(self) -> dict[str, Any]:
         shards = [ref for refs in self._shards.values() for ref in refs]
         per_shard = [ref.proxy().stats().get(timeout=2) for ref in shards if ref.is_alive()]
         return {
+            "node": self.node_id,
             "category_actors": len(self._categories),
             "shard_actors": len(shards),
             "entities": sum(s["entities"] for s in per_shard),
-            "pending": sum(s["pending"] for s in per_shard),
+            "pending": self._held_count,
             "restarts": self.restarts,
         }
 
@@ -147,14 +190,19 @@ class ActorSystem:
             return ref
         with self._lock:  # supervise: a dead shard is replaced by a fresh one
             ref = self._shards[channel][index]
-            if not ref.is_alive():
-                log.error("shard.restarted", channel=channel, shard=index)
-                self.restarts += 1
-                ref = self._shards[channel][index] = self._spawn_shard(channel, index)
+            if ref.is_alive():
+                return ref
+            self.restarts += 1
+            ref = self._shards[channel][index] = self._spawn_shard(channel, index)
+            orphans = tuple(self._held[(channel, index)].values())
+        log.error("shard.restarted", channel=channel, shard=index, redelivered=len(orphans))
+        if orphans:  # what the dead shard held goes to its successor
+            ref.tell(Deliver(orphans))
         return ref
 
     def _spawn_shard(self, channel: str, index: int) -> pykka.ActorRef[ChannelShard]:
         assert self._bridge is not None
+        key = (channel, index)
         return ChannelShard.start(
             self._channels[channel],
             index,
@@ -165,6 +213,7 @@ class ActorSystem:
             monotonic=self._monotonic,
             settings=self._shard_settings,
             observer=self._observer,
+            on_settled=lambda ids: self.settled(key, ids),
         )
 
     def _category(self, category_id: str) -> pykka.ActorRef[CategoryActor]:
@@ -177,9 +226,12 @@ class ActorSystem:
                     store=self._store,
                     bridge=self._bridge,
                     dispatch=self.dispatch,
+                    has_room=self.has_room,
                     channels=list(self._channels),
                     page_size=self._page_size,
+                    owner=self.node_id,
                     retry_seconds=self._shard_settings.retry_base_seconds,
+                    throttles=self._throttles,
                 )
             return ref
 

@@ -42,6 +42,7 @@ class NoteflyProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # its own process group: kill() takes the workers too
             )
         deadline = time.monotonic() + timeout
         for url in self.urls.values():
@@ -69,8 +70,9 @@ class NoteflyProcess:
             raise AssertionError(f"notefly ignored SIGTERM for {timeout}s:\n{self.log()}") from None
 
     def kill(self) -> None:
+        """SIGKILL the process and its workers at once: a crash, not a shutdown."""
         assert self.proc is not None
-        self.proc.kill()
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
     def log(self) -> str:

@@ -21,6 +21,8 @@ CHANNELS = ("sms", "email", "push")
 
 
 class RecordingDispatcher:
+    node_id = "node-a"
+
     def __init__(self) -> None:
         self.published: list[Message] = []
 
@@ -72,6 +74,8 @@ async def test_publish_commits_the_message_and_starts_one_fanout(
     )
     assert message.accepted_at == clock.now()
     assert dispatcher.published == [message]
+    # The accepting node owns the fan-out from the start: no other node claims it.
+    assert store.fanouts[message.id].owner == "node-a"
 
 
 async def test_a_repeated_idempotency_key_returns_the_original_and_dispatches_nothing(
