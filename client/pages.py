@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,11 @@ from werkzeug.wrappers import Response
 
 from client.api import UserIn
 from client.web import services, settings
-from notefly.domain import ADDRESS_FIELDS, ADDRESS_NAMES, User
+from notefly.addresses import EndpointKind, channel_address, needs_address
+from notefly.domain import ADDRESS_NAMES, User
 from notefly.errors import InvalidInput, NoteflyError, NotFound
 from notefly.payloads import validate
+from notefly.schedule import WEEKDAYS, Frequency, Schedule, parse_clock, parse_weekday
 
 blueprint = Blueprint("pages", __name__, template_folder="templates")
 
@@ -53,12 +56,14 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo("UTC")
 
 
-def _columns(user: User) -> list[ChannelColumn]:
+def _columns(user: User, registered: Mapping[EndpointKind, int]) -> list[ChannelColumn]:
+    # Registrations (web push, webhooks, Apprise URLs) count as addresses too.
     return [
         ChannelColumn(
             name=channel,
             address_name=ADDRESS_NAMES.get(channel),
-            available=channel not in ADDRESS_FIELDS or bool(user.address_for(channel)),
+            available=not needs_address(channel)
+            or bool(channel_address(user, channel, registered)),
         )
         for channel in settings().channels
     ]
@@ -83,8 +88,11 @@ async def _user_page(user_id: str, status: int = 200, **context: Any) -> tuple[s
         user=user,
         zone=_zone(user.timezone),
         categories=await svc.catalogue.list(),
-        channels=_columns(user),
+        channels=_columns(user, await svc.directory.registered(user_id)),
         subscribed={s.category_id: set(s.channels) for s in subscriptions},
+        schedules={s.category_id: Schedule.decode(s.schedule) for s in subscriptions},
+        frequencies=[f.value for f in Frequency],
+        weekdays=WEEKDAYS,
         notifications=await svc.inbox.list(user_id, limit=RECENT_NOTIFICATIONS),
         **context,
     )
@@ -135,6 +143,21 @@ def _ticked(form: Any) -> dict[str, list[str]]:
     return ticked
 
 
+def _schedule(form: Any, category: str) -> Schedule:
+    """The 'how often' controls of one category's row: freq:, at: and day: fields."""
+    try:
+        frequency = Frequency(form.get(f"freq:{category}", "immediate"))
+        at = form.get(f"at:{category}", "").strip()
+        day = form.get(f"day:{category}", "").strip()
+        return Schedule(
+            frequency,
+            parse_clock(at) if at and frequency in (Frequency.DAILY, Frequency.WEEKLY) else None,
+            parse_weekday(day) if day and frequency is Frequency.WEEKLY else None,
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"{category}: {exc}", code="validation_failed") from exc
+
+
 async def subscriptions_form() -> ResponseReturnValue:
     """POST /sub from the matrix: ticked categories are upserted, the others dropped."""
     form = await request.form
@@ -144,7 +167,10 @@ async def subscriptions_form() -> ResponseReturnValue:
         return await _index_page(error.status, error=error)
     try:
         # All or nothing: the matrix is the user's whole set of subscriptions.
-        await services().directory.set_subscriptions(user_id, _ticked(form))
+        ticked = _ticked(form)
+        await services().directory.set_subscriptions(
+            user_id, ticked, {c: _schedule(form, c) for c in ticked}
+        )
     except NoteflyError as exc:
         return await user_page_with_error(user_id, exc)
     return back_to_user(user_id, saved=1)

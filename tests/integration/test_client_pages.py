@@ -191,6 +191,44 @@ async def test_saving_the_matrix_subscribes_and_unticking_unsubscribes(
     assert (await page(client_http, f"/sub?user={user_id}")).by_id("saved") is None
 
 
+async def test_the_matrix_sets_how_often_each_category_arrives(client_http: HttpClient) -> None:
+    user_id = await register(client_http, email="ada@example.com", timezone="Europe/Berlin")
+    saved = await client_http.post(
+        "/sub",
+        form={
+            "user": user_id,
+            "sub:finance:email": "on",
+            "freq:finance": "weekly",
+            "at:finance": "10:30",
+            "day:finance": "friday",
+            "sub:sports:email": "on",
+            "freq:sports": "immediate",
+        },
+    )
+    assert saved.status_code == 303
+    listed = await (await client_http.get(f"/users/{user_id}/subscriptions")).get_json()
+    by_category = {s["category"]: s for s in listed["subscriptions"]}
+    assert (
+        by_category["finance"]["frequency"],
+        by_category["finance"]["at"],
+        by_category["finance"]["weekday"],
+    ) == ("weekly", "10:30", "friday")
+    assert by_category["sports"]["frequency"] == "immediate"
+    shown = await page(client_http, saved.headers["Location"])
+    assert 'value="weekly" selected' in shown.html
+    assert 'value="10:30"' in shown.html
+    refused = await client_http.post(
+        "/sub",
+        form={
+            "user": user_id,
+            "sub:finance:email": "on",
+            "freq:finance": "daily",
+            "at:finance": "26:00",
+        },
+    )
+    assert refused.status_code == 422
+
+
 async def test_a_refused_matrix_shows_the_error(client_http: HttpClient) -> None:
     user_id = await register(client_http, email="ada@example.com")
     response = await client_http.post("/sub", form={"user": user_id, "sub:finance:sms": "on"})
