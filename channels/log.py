@@ -44,9 +44,9 @@ def PushLogChannel(settings: Settings) -> LogChannel:
     return LogChannel("push")
 
 
-def WebhookLogChannel(settings: Settings) -> LogChannel:  # noqa: N802
+def WebhookLogChannel(settings: Settings) -> LogChannel:
     return LogChannel("webhook")
 
 
-def AppriseLogChannel(settings: Settings) -> LogChannel:  # noqa: N802
+def AppriseLogChannel(settings: Settings) -> LogChannel:
     return LogChannel("apprise")
