@@ -1,0 +1,257 @@
+"""Prometheus metrics, and the observer that feeds them from the actors.
+
+One ``Metrics`` per process, built by the container (nothing at import time), each with
+a registry of its own so that tests can build many. With ``PROMETHEUS_MULTIPROC_DIR``
+set before a process starts, prometheus-client keeps the values in files of that
+directory and ``exposition()`` adds up every live process of the directory, so a scrape
+of any worker sees them all.
+
+The ``PrometheusObserver`` feeds them; ``notefly.activity`` reads them back for the
+dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from notefly.activity import Activity, Samples
+
+log = structlog.get_logger("notefly.metrics")
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BREAKER_STATES = ("closed", "open", "half_open")
+UNKNOWN = "unknown"  # the provider label of an outcome that names none
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus-client keeps values in PROMETHEUS_MULTIPROC_DIR (it decides
+    once, when it is first imported)."""
+    return values.ValueClass is not values.MutexValue
+
+
+class Metrics:
+    """The metric families of Notefly; see the README's Operations section."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages_accepted = Counter(
+            "notefly_messages_accepted", "Messages committed", ["category"], registry=r
+        )
+        self.deliveries = Counter(
+            "notefly_deliveries",
+            "Deliveries that reached a final status (sent, failed, skipped)",
+            ["channel", "provider", "status"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "notefly_delivery_retries",
+            "Attempts that failed transiently and will be retried",
+            ["channel", "provider"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "notefly_dead_letters",
+            "Deliveries that failed for good and wait for an operator (redrive)",
+            ["channel", "provider"],
+            registry=r,
+        )
+        self.redrives = Counter(
+            "notefly_redrives",
+            "Failed deliveries queued again by an operator",
+            ["channel"],
+            registry=r,
+        )
+        self.provider_latency = Histogram(
+            "notefly_provider_latency_seconds",
+            "Time a provider took to accept one notification",
+            ["channel", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "notefly_http_request_duration_seconds",
+            "HTTP requests by route template and status",
+            ["service", "method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Read from the store: every process sees the same numbers, keep the latest.
+        self.queued = Gauge(
+            "notefly_deliveries_queued",
+            "Deliveries waiting in the store (all nodes)",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.failed_stored = Gauge(
+            "notefly_dead_letters_stored",
+            "Failed deliveries in the store now",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        # Per process: workers add up.
+        self.actor_pending = Gauge(
+            "notefly_actor_pending_deliveries",
+            "Deliveries held by the actors, not final yet",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.entities = Gauge(
+            "notefly_actor_entities",
+            "Live per-user channel entities",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.shard_actors = Gauge(
+            "notefly_actor_shards", "Channel shard actors", registry=r, multiprocess_mode="livesum"
+        )
+        self.category_actors = Gauge(
+            "notefly_actor_categories", "Category actors", registry=r, multiprocess_mode="livesum"
+        )
+        self.shard_restarts = Gauge(
+            "notefly_actor_shard_restarts",
+            "Shards replaced after they died, since start",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.breaker = Gauge(
+            "notefly_circuit_breaker_state",
+            "1 for the state the provider's circuit breaker is in (closed, open, half_open)",
+            ["channel", "provider", "state"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+    def set_breaker(self, channel: str, provider: str, state: str = "closed") -> None:
+        for candidate in BREAKER_STATES:
+            self.breaker.labels(channel, provider, candidate).set(int(candidate == state))
+
+    def set_actor_stats(self, stats: dict[str, Any]) -> None:
+        self.actor_pending.set(stats.get("pending", 0))
+        self.entities.set(stats.get("entities", 0))
+        self.shard_actors.set(stats.get("shard_actors", 0))
+        self.category_actors.set(stats.get("category_actors", 0))
+        self.shard_restarts.set(stats.get("restarts", 0))
+
+    def http_request(
+        self, service: str, method: str, route: str, status: int, seconds: float
+    ) -> None:
+        self.http_latency.labels(service, method, route, str(status)).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format of every metric, with its content type."""
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def totals(self) -> Samples:
+        """Every sample, by name and labels, as a scrape would see it (all workers)."""
+        registry = self.registry
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+        }
+
+    def close(self, pid: int) -> None:
+        """Drop this process's live gauges from the multiprocess directory (at exit)."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class PrometheusObserver:
+    """The ``Observer`` port on Prometheus metrics.
+
+    Called from the event loop and from actor threads: prometheus-client is
+    thread-safe, and nothing here raises. What the dashboard shows (throughput,
+    provider health) is computed from these metrics by ``activity``, so that it
+    covers every worker that shares a multiprocess directory, not this one only.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        bucket_seconds: int = 5,
+        window_seconds: int = 600,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.activity = Activity(
+            self.metrics.totals,
+            wall_clock,
+            bucket_seconds=bucket_seconds,
+            window_seconds=window_seconds,
+        )
+
+    def register_provider(self, channel: str, provider: str) -> None:
+        """Make a configured provider known before it sends anything."""
+        self.activity.register(channel, provider)
+        self.metrics.set_breaker(channel, provider)
+
+    # -- the Observer port ------------------------------------------------------------
+
+    def message_accepted(self, category: str) -> None:
+        try:
+            self.metrics.messages_accepted.labels(category).inc()
+        except Exception:  # the port says never raise
+            log.exception("metrics.error", hook="message_accepted")
+
+    def delivery_finished(
+        self,
+        channel: str,
+        provider: str | None,
+        status: str,
+        attempt: int,
+        latency_seconds: float | None,
+    ) -> None:
+        try:
+            name = provider or UNKNOWN
+            m = self.metrics
+            m.deliveries.labels(channel, name, status).inc()
+            if latency_seconds is not None:
+                m.provider_latency.labels(channel, name).observe(latency_seconds)
+            if status == "failed":
+                m.dead_letters.labels(channel, name).inc()
+        except Exception:
+            log.exception("metrics.error", hook="delivery_finished")
+
+    def delivery_retried(self, channel: str, provider: str | None, attempt: int) -> None:
+        try:
+            self.metrics.retries.labels(channel, provider or UNKNOWN).inc()
+        except Exception:
+            log.exception("metrics.error", hook="delivery_retried")
+
+
+def prepare_multiprocess_dir(path: Path) -> Path:
+    """Make ``path`` ready to be PROMETHEUS_MULTIPROC_DIR for a new set of workers: it
+    exists and holds no file of an earlier run (whose counters would be added in)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
+
+
+def prometheus_observer(observer: object) -> PrometheusObserver:
+    """The container's observer when it is the Prometheus one (always, but where a test
+    swapped it): otherwise a fresh one, so that the services still expose metrics."""
+    return observer if isinstance(observer, PrometheusObserver) else PrometheusObserver()
