@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.contract.postgres_server import reach_server, run_sync
 from tests.e2e.conftest import NoteflyProcess, free_port
 from tests.e2e.helpers import publish, register, subscribe, wait_delivered
 
@@ -45,7 +47,22 @@ def recorded(log: Path) -> Counter[str]:
     return counts
 
 
-def test_a_killed_node_loses_no_accepted_message(tmp_path: Path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The store the nodes share: the SQLite file of the data dir (one machine), or a
+    fresh PostgreSQL database (any number of machines)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    server = reach_server()
+    name = run_sync(server.create)
+    try:
+        yield {"NOTEFLY_DATABASE_URL": server.url(name)}
+    finally:
+        run_sync(lambda: server.drop(name))
+
+
+def test_a_killed_node_loses_no_accepted_message(tmp_path: Path, store_env: dict[str, str]):
     data = tmp_path / "data"
     cport = free_port()
     client_proc = NoteflyProcess(
@@ -53,6 +70,7 @@ def test_a_killed_node_loses_no_accepted_message(tmp_path: Path):
         data,
         tmp_path / "client.log",
         {"client": f"http://127.0.0.1:{cport}"},
+        env=dict(store_env),
     )
     nodes = []
     for i in range(NODES):
@@ -63,7 +81,7 @@ def test_a_killed_node_loses_no_accepted_message(tmp_path: Path):
                 data,
                 tmp_path / f"node{i}.log",
                 {"broker": f"http://127.0.0.1:{port}"},
-                env=dict(NODE_ENV),
+                env={**NODE_ENV, **store_env},
             )
         )
     client_proc.start()
