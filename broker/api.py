@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notefly.domain import Category, Delivery, Message, Priority
 
@@ -23,7 +23,15 @@ class PublishRequest(Strict):
     title: str | None = Field(default=None, max_length=200)
     data: dict[str, Any] = Field(default_factory=dict, description="Values for templates")
     priority: Priority = Priority.NORMAL
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The same key within 24 hours is the same message",
+    )
+    deliver_at: AwareDatetime | None = Field(
+        default=None, description="Hold the message until then (ISO 8601 with a zone)"
+    )
 
     @field_validator("category")
     @classmethod
@@ -76,6 +84,9 @@ class DeliveryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    mode: Literal["immediate", "digest"] = "immediate"
+    note: str | None = Field(default=None, description="Why it waits or was folded")
+    digest_id: str | None = Field(default=None, description="The digest that carried it")
 
     @classmethod
     def of(cls, d: Delivery) -> DeliveryOut:
@@ -94,6 +105,9 @@ class DeliveryOut(BaseModel):
             created_at=d.created_at,
             updated_at=d.updated_at,
             sent_at=d.sent_at,
+            mode=d.mode,  # type: ignore[arg-type]
+            note=d.note,
+            digest_id=d.digest_id,
         )
 
 

@@ -12,7 +12,7 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 import notefly
-from broker import pages, routes
+from broker import dashboard, ops, pages, routes
 from broker.web import install_error_handlers
 from notefly.containers import Container, resolve
 from notefly.ports import Store
@@ -55,4 +55,6 @@ def create_app(container: Container) -> Quart:
 
     app.register_blueprint(routes.blueprint)
     app.register_blueprint(pages.blueprint)
+    ops.install(app, container)  # /metrics, /readyz, /status, redrive, /docs
+    app.register_blueprint(dashboard.blueprint)
     return app

@@ -46,6 +46,7 @@ async def publish() -> Any:
             data=body.data,
             priority=body.priority,
             idempotency_key=body.idempotency_key,
+            deliver_at=body.deliver_at,
         )
     )
     headers = {"Location": f"/messages/{message.id}"}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notefly import validation
 from notefly.domain import Category, Notification, Priority, Subscription, User
+from notefly.schedule import WEEKDAYS, Frequency, Schedule, parse_clock, parse_weekday
 
 Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(validation.printable)]
 Email = Annotated[
@@ -38,12 +39,35 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+class QuietHoursIn(Strict):
+    """Non-urgent notifications wait until ``end``; the window may cross midnight."""
+
+    start: str = Field(description="HH:MM, the user's local time", examples=["22:00"])
+    end: str = Field(description="HH:MM, the user's local time", examples=["07:00"])
+
+    @field_validator("start", "end")
+    @classmethod
+    def clock(cls, value: str) -> str:
+        return parse_clock(value).strftime("%H:%M")
+
+    def encode(self) -> str:
+        return f"{self.start}-{self.end}"
+
+    @classmethod
+    def of(cls, value: str | None) -> QuietHoursIn | None:
+        if value is None:
+            return None
+        start, end = value.split("-")
+        return cls(start=start, end=end)
+
+
 class UserIn(Strict):
     name: Name
     email: Email | None = None
     phone: Phone | None = None
     push_token: PushToken | None = None
     timezone: TimeZone = "UTC"
+    quiet_hours: QuietHoursIn | None = None
 
     def user(self) -> User:
         # An empty id asks the directory for a generated one.
@@ -54,6 +78,7 @@ class UserIn(Strict):
             phone=self.phone,
             push_token=self.push_token,
             timezone=self.timezone,
+            quiet_hours=self.quiet_hours.encode() if self.quiet_hours else None,
         )
 
 
@@ -65,6 +90,7 @@ class UserPatch(Strict):
     phone: Phone | None = None
     push_token: PushToken | None = None
     timezone: TimeZone | None = None
+    quiet_hours: QuietHoursIn | None = None
 
     @field_validator("name", "timezone")
     @classmethod
@@ -75,7 +101,10 @@ class UserPatch(Strict):
         return value
 
     def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
+        changes = self.model_dump(exclude_unset=True)
+        if "quiet_hours" in changes:
+            changes["quiet_hours"] = self.quiet_hours.encode() if self.quiet_hours else None
+        return changes
 
 
 class UserOut(BaseModel):
@@ -85,6 +114,7 @@ class UserOut(BaseModel):
     phone: str | None
     push_token: str | None
     timezone: str
+    quiet_hours: QuietHoursIn | None = None
     created_at: datetime | None
 
     @classmethod
@@ -96,6 +126,7 @@ class UserOut(BaseModel):
             phone=u.phone,
             push_token=u.push_token,
             timezone=u.timezone,
+            quiet_hours=QuietHoursIn.of(u.quiet_hours),
             created_at=u.created_at,
         )
 
@@ -112,6 +143,39 @@ class SubscribeIn(Strict):
     user: Id
     category: Id
     channels: list[ChannelName] = Field(min_length=1, max_length=32)
+    frequency: Frequency | None = Field(
+        default=None,
+        description="immediate, or a digest: hourly, daily, weekly (absent: keep the current)",
+    )
+    at: str | None = Field(
+        default=None, description="daily/weekly: HH:MM local", examples=["10:00"]
+    )
+    weekday: str | None = Field(default=None, description="weekly: e.g. friday")
+
+    @field_validator("at")
+    @classmethod
+    def clock(cls, value: str | None) -> str | None:
+        return None if value is None else parse_clock(value).strftime("%H:%M")
+
+    @field_validator("weekday")
+    @classmethod
+    def day(cls, value: str | None) -> str | None:
+        return None if value is None else WEEKDAYS[parse_weekday(value)]
+
+    @model_validator(mode="after")
+    def consistent(self) -> SubscribeIn:
+        if self.frequency is None and (self.at or self.weekday):
+            raise ValueError("'at' and 'weekday' go with a daily or weekly 'frequency'")
+        if self.weekday and self.frequency is not Frequency.WEEKLY:
+            raise ValueError("'weekday' goes with a weekly frequency")
+        return self
+
+    def schedule(self) -> Schedule | None:
+        if self.frequency is None:
+            return None
+        at = parse_clock(self.at) if self.at else None
+        weekday = parse_weekday(self.weekday) if self.weekday else None
+        return Schedule(self.frequency, at, weekday)
 
     @field_validator("category")
     @classmethod
@@ -140,14 +204,22 @@ class SubscriptionOut(BaseModel):
     user: str
     category: str
     channels: list[str]
+    frequency: Frequency
+    at: str | None = None
+    weekday: str | None = None
     updated_at: datetime | None
 
     @classmethod
     def of(cls, s: Subscription) -> SubscriptionOut:
+        schedule = Schedule.decode(s.schedule)
+        weekly = schedule.frequency is Frequency.WEEKLY
         return cls(
             user=s.user_id,
             category=s.category_id,
             channels=list(s.channels),
+            frequency=schedule.frequency,
+            at=schedule.at.strftime("%H:%M") if schedule.at else None,
+            weekday=WEEKDAYS[schedule.weekday or 0] if weekly else None,
             updated_at=s.updated_at,
         )
 
@@ -172,6 +244,9 @@ class NotificationOut(BaseModel):
     created_at: datetime
     read: bool
     read_at: datetime | None
+    via: Literal["digest"] | None = Field(
+        default=None, description="'digest': it reaches the user's channels in a digest"
+    )
 
     @classmethod
     def of(cls, n: Notification) -> NotificationOut:
@@ -185,6 +260,7 @@ class NotificationOut(BaseModel):
             created_at=n.created_at,
             read=n.read_at is not None,
             read_at=n.read_at,
+            via="digest" if n.via == "digest" else None,
         )
 
 

@@ -13,7 +13,7 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 import notefly
-from client import inbox, pages, routes
+from client import channel_routes, inbox, ops, pages, routes
 from client.web import install_error_handlers
 from notefly.containers import Container, resolve
 from notefly.ports import Store
@@ -59,4 +59,6 @@ def create_app(container: Container) -> Quart:
     app.register_blueprint(routes.blueprint)
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(pages.blueprint)
+    ops.install(app, container)  # /metrics, /readyz, /docs
+    channel_routes.install(app, container)  # push, webhooks, Apprise, stream, unsubscribe
     return app

@@ -101,7 +101,9 @@ async def subscribe() -> Any:
     if is_form():  # the subscription matrix of GET /sub posts here too
         return await pages.subscriptions_form()
     body = await read_payload(SubscribeIn)
-    sub = await services().directory.subscribe(body.user, body.category, body.channels)
+    sub = await services().directory.subscribe(
+        body.user, body.category, body.channels, body.schedule()
+    )
     return SubscriptionOut.of(sub).model_dump(mode="json")
 
 

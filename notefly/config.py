@@ -7,28 +7,45 @@ the environment. Nothing reads the environment anywhere else.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from notefly.errors import ConfigurationError
+from notefly.schedule import Throttle
 
 DEFAULT_CHANNELS = ("sms", "email", "push")
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path(".notefly")
-    database_url: str | None = None  # sqlite:///path/to/file.db; default: <data_dir>/notefly.db
+    # sqlite:///path/to/file.db (default: <data_dir>/notefly.db) or postgresql://...
+    database_url: str | None = None
+    database_pool_size: int = 10  # PostgreSQL connections per process
     broker_host: str = "127.0.0.1"
     broker_port: int = 5000
     client_host: str = "127.0.0.1"
     client_port: int = 5001
     broker_url: str | None = None  # where the client links to the broker's pages
+    # The client as people reach it (links in emails); default: http://<client host>:<port>
+    client_public_url: str | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     providers: Mapping[str, str] = field(default_factory=dict)  # channel -> provider
     shards_per_channel: int = 4
+    node_id: str | None = None  # default: <host>:<broker port>, stable across restarts
+    workers: int | None = None  # `notefly up` processes; default: the number of cores
+    max_pending: int = 50_000  # deliveries a node holds in memory at most
+    heartbeat_seconds: float = 2.0
+    node_timeout_seconds: float = 10.0  # silent this long: dead, its work is taken over
+    poll_seconds: float = 0.5  # how often an idle node looks for work (SQLite)
+    # NOTEFLY_THROTTLE_<CHANNEL>=5/1h: at most 5 per hour per user on that channel; what
+    # exceeds it is folded into a digest
+    throttles: Mapping[str, Throttle] = field(default_factory=dict)
     fanout_page_size: int = 500
     round_size: int = 256  # deliveries one shard hands to the event loop at once
     max_attempts: int = 5
@@ -41,7 +58,20 @@ class Settings:
     log_level: str = "info"
     # Every NOTEFLY_* variable as given, for providers to read their own settings
     # (NOTEFLY_SMTP_HOST, ...) and validate them when they are built at start-up.
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold secrets
+
+    @property
+    def store_backend(self) -> str:
+        """``sqlite`` or ``postgres``, from the scheme of ``database_url``."""
+        url = self.database_url
+        if url is None or url.startswith("sqlite:///"):
+            return "sqlite"
+        if url.startswith(_POSTGRES_SCHEMES):
+            return "postgres"
+        raise ConfigurationError(
+            f"unsupported NOTEFLY_DATABASE_URL {self.database_label!r}: use"
+            " sqlite:///path/to/file.db or postgresql://user@host:port/database"
+        )
 
     @property
     def sqlite_path(self) -> Path:
@@ -50,10 +80,32 @@ class Settings:
             return self.data_dir / "notefly.db"
         if not url.startswith("sqlite:///"):
             raise ConfigurationError(
-                f"unsupported NOTEFLY_DATABASE_URL {url!r}: this build stores in SQLite"
+                f"NOTEFLY_DATABASE_URL {self.database_label!r} is not a SQLite database"
                 " (sqlite:///path/to/file.db)"
             )
         return Path(url.removeprefix("sqlite:///"))
+
+    @property
+    def database_label(self) -> str:
+        """The store, fit to print: the SQLite path, or the URL without its password."""
+        url = self.database_url
+        if url is None or url.startswith("sqlite:///"):
+            return str(self.sqlite_path)
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    @property
+    def node(self) -> str:
+        return self.node_id or f"{socket.gethostname()}:{self.broker_port}"
+
+    @property
+    def client_url(self) -> str:
+        return (self.client_public_url or f"http://{self.client_host}:{self.client_port}").rstrip(
+            "/"
+        )
 
     def provider_for(self, channel: str) -> str:
         return self.providers.get(channel, "log")
@@ -67,7 +119,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"NOTEFLY_{f.name.upper()}")
-            if raw is None or f.name in ("providers", "env"):
+            if raw is None or f.name in ("providers", "env", "throttles"):
                 continue
             try:
                 values[f.name] = _parse(f.name, raw)
@@ -82,10 +134,24 @@ class Settings:
             if f"NOTEFLY_{ch.upper()}_PROVIDER" in env
         }
         values["env"] = {k: v for k, v in env.items() if k.startswith("NOTEFLY_")}
+        values["throttles"] = _throttles(env, channels)
         return cls(**values)
 
 
+def _throttles(env: Mapping[str, str], channels: tuple[str, ...]) -> dict[str, Throttle]:
+    throttles = {}
+    for channel in channels:
+        raw = env.get(f"NOTEFLY_THROTTLE_{channel.upper()}")
+        if raw:
+            try:
+                throttles[channel] = Throttle.parse(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"NOTEFLY_THROTTLE_{channel.upper()}: {exc}") from exc
+    return throttles
+
+
 _INTS = {
+    "database_pool_size",
     "broker_port",
     "client_port",
     "shards_per_channel",
@@ -94,7 +160,14 @@ _INTS = {
     "max_attempts",
     "max_body_bytes",
 }
-_FLOATS = {"retry_base_seconds", "entity_idle_seconds", "send_timeout_seconds"}
+_FLOATS = {
+    "retry_base_seconds",
+    "entity_idle_seconds",
+    "send_timeout_seconds",
+    "heartbeat_seconds",
+    "node_timeout_seconds",
+    "poll_seconds",
+}
 _PATHS = {"data_dir", "template_dir"}
 
 

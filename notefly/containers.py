@@ -10,25 +10,45 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
 from notefly.actors import ActorSystem
+from notefly.actors.pump import PumpSettings
 from notefly.actors.shard import ShardSettings
 from notefly.clock import SortableIds, SystemClock
 from notefly.config import Settings
+from notefly.metrics import PrometheusObserver
 from notefly.plugins import load_channels
-from notefly.ports import Channel, Clock, NullObserver, Observer
+from notefly.ports import Channel, Clock, Observer, Store
+from notefly.registrations import RegistrationPolicy, Registrations
 from notefly.rendering import TemplateRenderer, build_environment
 from notefly.services import Catalogue, Directory, Inbox, Publisher
 from notefly.store.sqlite import SqliteStore
+from notefly.unsubscribe import UnsubscribeLinks
+
+if TYPE_CHECKING:
+    from notefly.store.postgres import PostgresStore
 
 T = TypeVar("T")
 
 
-async def open_store(settings: Settings, clock: Clock) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(settings.sqlite_path, clock)
+async def open_store(
+    settings: Settings, clock: Clock
+) -> AsyncIterator[SqliteStore | PostgresStore]:
+    """The store ``settings.database_url`` names: SQLite, or PostgreSQL for several nodes."""
+    store: SqliteStore | PostgresStore
+    if settings.store_backend == "postgres":
+        # Imported here: SQLite users need no PostgreSQL driver.
+        from notefly.store.postgres import PostgresStore
+
+        assert settings.database_url is not None
+        store = await PostgresStore.open(
+            settings.database_url, clock, pool_size=settings.database_pool_size
+        )
+    else:
+        store = await SqliteStore.open(settings.sqlite_path, clock)
     try:
         yield store
     finally:
@@ -37,7 +57,7 @@ async def open_store(settings: Settings, clock: Clock) -> AsyncIterator[SqliteSt
 
 async def run_actors(
     settings: Settings,
-    store: SqliteStore,
+    store: Store,
     renderer: TemplateRenderer,
     channels: Mapping[str, Channel],
     clock: Clock,
@@ -51,8 +71,11 @@ async def run_actors(
         channels=channels,
         clock=clock,
         monotonic=monotonic,
+        node_id=settings.node,
         shards_per_channel=settings.shards_per_channel,
         page_size=settings.fanout_page_size,
+        max_pending=settings.max_pending,
+        throttles=settings.throttles,
         shard_settings=ShardSettings(
             max_attempts=settings.max_attempts,
             retry_base_seconds=settings.retry_base_seconds,
@@ -60,12 +83,26 @@ async def run_actors(
             entity_idle_seconds=settings.entity_idle_seconds,
             send_timeout_seconds=settings.send_timeout_seconds,
         ),
+        pump_settings=PumpSettings(
+            heartbeat_seconds=settings.heartbeat_seconds,
+            node_timeout_seconds=settings.node_timeout_seconds,
+            poll_seconds=settings.poll_seconds,
+        ),
     )
     await system.start()
     try:
         yield system
     finally:
         await system.stop()
+        await close_channels(channels)
+
+
+async def close_channels(channels: Mapping[str, Channel]) -> None:
+    """Close the providers that hold connections (``aclose``), once nothing sends."""
+    for channel in channels.values():
+        aclose = getattr(channel, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _template_dirs(settings: Settings) -> list[object]:
@@ -83,8 +120,8 @@ class Container(containers.DeclarativeContainer):
         build_environment, providers.Callable(_template_dirs, settings)
     )
     renderer = providers.ThreadSafeSingleton(TemplateRenderer, template_env)
-    channels = providers.ThreadSafeSingleton(load_channels, settings)
-    observer: providers.Provider[Observer] = providers.ThreadSafeSingleton(NullObserver)
+    channels = providers.ThreadSafeSingleton(load_channels, settings, addresses=store)
+    observer: providers.Provider[Observer] = providers.ThreadSafeSingleton(PrometheusObserver)
     actors = providers.Resource(
         run_actors,
         observer=observer,
@@ -105,7 +142,17 @@ class Container(containers.DeclarativeContainer):
         ids=ids,
         clock=clock,
         channels=providers.Callable(lambda s: s.channels, settings),
+        addresses=store,
     )
+    registrations = providers.Factory(
+        Registrations,
+        book=store,
+        store=store,
+        ids=ids,
+        clock=clock,
+        policy=providers.Callable(RegistrationPolicy.from_settings, settings),
+    )
+    unsubscribe_links = providers.ThreadSafeSingleton(UnsubscribeLinks.from_settings, settings)
     inbox = providers.Factory(Inbox, store=store)
     catalogue = providers.Factory(Catalogue, store=store)
 

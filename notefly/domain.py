@@ -45,6 +45,7 @@ class User:
     push_token: str | None = None
     timezone: str = "UTC"
     created_at: datetime | None = None
+    quiet_hours: str | None = None  # 'HH:MM-HH:MM' local (notefly.schedule.QuietHours)
 
     def address_for(self, channel: str) -> str | None:
         """The address this user has for a channel, or None when they have none."""
@@ -55,7 +56,15 @@ class User:
 
 # Which user field addresses which channel; a channel missing here needs no address.
 ADDRESS_FIELDS = {"sms": "phone", "email": "email", "push": "push_token"}
-ADDRESS_NAMES = {"sms": "phone number", "email": "email address", "push": "push token"}
+# What a person calls each channel's address; push, webhook and apprise addresses may
+# also be registrations (see notefly.addresses).
+ADDRESS_NAMES = {
+    "sms": "phone number",
+    "email": "email address",
+    "push": "push token or web push subscription",
+    "webhook": "webhook endpoint",
+    "apprise": "Apprise URL",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,7 @@ class Subscription:
     category_id: str
     channels: tuple[str, ...]
     updated_at: datetime | None = None
+    schedule: str = "immediate"  # notefly.schedule.Schedule.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,7 @@ class Message:
     data: dict[str, Any] = field(default_factory=dict)
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
+    deliver_at: datetime | None = None  # scheduled: fanned out from then on
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,13 @@ class DeliveryTask:
     channel: str
     recipient: Recipient
     attempts: int = 0
+    # A digest: ``id`` is the digest's, ``message`` the newest item, ``items`` all of
+    # them (newest first).
+    items: tuple[Message, ...] = ()
+
+    @property
+    def is_digest(self) -> bool:
+        return bool(self.items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +163,9 @@ class Delivery:
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    mode: str = "immediate"  # or "digest": collected for the user's next digest
+    note: str | None = None  # why it waits or was folded (quiet hours, throttled)
+    digest_id: str | None = None  # the digest that carried it
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +181,7 @@ class Notification:
     priority: Priority
     created_at: datetime
     read_at: datetime | None
+    via: str | None = None  # "digest": it reaches the user's channels in a digest
 
 
 def delivery_id(message_id: str, user_id: str, channel: str) -> str:
@@ -168,6 +190,12 @@ def delivery_id(message_id: str, user_id: str, channel: str) -> str:
     an idempotency key."""
     digest = hashlib.blake2b(f"{message_id}:{user_id}:{channel}".encode(), digest_size=12)
     return "d_" + digest.hexdigest()
+
+
+def digest_id(user_id: str, channel: str, first_item: str) -> str:
+    """Stable for the same collected items, so a digest claimed twice is one digest."""
+    digest = hashlib.blake2b(f"{user_id}:{channel}:{first_item}".encode(), digest_size=12)
+    return "g_" + digest.hexdigest()
 
 
 def notification_id(message_id: str, user_id: str) -> str:

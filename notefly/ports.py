@@ -5,7 +5,7 @@ Adapters live in ``notefly.store`` and ``channels``; tests use fakes of these.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -22,6 +22,7 @@ from notefly.domain import (
     Subscription,
     User,
 )
+from notefly.schedule import Throttle
 
 
 class Clock(Protocol):
@@ -40,6 +41,10 @@ class SendResult:
 
 class Renderer(Protocol):
     def render(self, channel: str, message: Message, recipient: Recipient) -> Rendered: ...
+
+    def render_digest(
+        self, channel: str, items: Sequence[Message], recipient: Recipient
+    ) -> Rendered: ...
 
 
 class Channel(Protocol):
@@ -133,14 +138,38 @@ class Store(Protocol):
     async def list_subscriptions(self, user_id: str) -> list[Subscription]: ...
 
     # messages and deliveries
-    async def accept_message(self, message: Message) -> tuple[Message, bool]: ...
+    async def accept_message(
+        self, message: Message, *, owner: str | None = None
+    ) -> tuple[Message, bool]: ...
     async def get_message(self, message_id: str) -> Message: ...
     async def delivery_counts(self, message_id: str) -> DeliveryCounts: ...
     async def list_deliveries(self, message_id: str) -> list[Delivery]: ...
     async def fanout_page(
-        self, message: Message, after_user: str | None, limit: int, channels: Sequence[str]
+        self,
+        message: Message,
+        after_user: str | None,
+        limit: int,
+        channels: Sequence[str],
+        *,
+        owner: str | None = None,
+        throttles: Mapping[str, Throttle] | None = None,
     ) -> FanoutPage: ...
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    # Work distribution between broker nodes (processes, on one machine or several):
+    # every unfinished fan-out and every queued delivery has an owner node or none.
+    # A node claims unowned work, keeps it while it heartbeats, and hands it back on a
+    # clean stop; a node that stops heartbeating loses its work to the others.
+    async def heartbeat(self, node_id: str) -> None: ...
+    async def release(self, node_id: str) -> None: ...
+    async def release_dead(self, silent_since: datetime) -> list[str]: ...
+    async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]: ...
+    async def claim_deliveries(self, node_id: str, limit: int) -> list[DeliveryTask]: ...
+    async def claim_digests(self, node_id: str, limit: int) -> list[DeliveryTask]: ...
+    async def reschedule_collected(
+        self, user_id: str, category_id: str, not_before: datetime
+    ) -> int: ...
+    async def wait_for_work(self, timeout: float) -> None: ...  # noqa: ASYNC109
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]: ...
     async def queued_tasks(self, after_id: str | None, limit: int) -> list[DeliveryTask]: ...
 

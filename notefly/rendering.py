@@ -163,6 +163,26 @@ class TemplateRenderer:
             part: self.template(channel, message.category_id, part).render(context).strip()
             for part in _parts(channel)
         }
+        return self._finish(channel, out, recipient, message.category_id)
+
+    def render_digest(
+        self, channel: str, items: Sequence[Message], recipient: Recipient
+    ) -> Rendered:
+        """Render one digest of ``items`` (newest first) for one recipient.
+
+        Raises:
+            ConfigurationError: a digest template the channel needs is missing.
+        """
+        context = _digest_context(items, recipient)
+        out = {
+            part: self.template(channel, DIGEST, part).render(context).strip()
+            for part in _parts(channel)
+        }
+        return self._finish(channel, out, recipient, None)
+
+    def _finish(
+        self, channel: str, out: dict[str, str], recipient: Recipient, category: str | None
+    ) -> Rendered:
         to = recipient.address or ""
         if channel == "sms":
             cost = sms_segments(out["txt"])
@@ -174,7 +194,13 @@ class TemplateRenderer:
             return Rendered(channel=channel, to=to, text=out["txt"], meta=meta)
         if channel == "email":
             subject = _subject(out["subject.txt"])
-            return Rendered(channel, to, out["txt"], subject=subject, html=out["html"])
+            # What the email provider needs for the To header and the unsubscribe link.
+            meta = {
+                "user_id": recipient.user_id,
+                "category": category,  # None for a digest: it spans categories
+                "name": recipient.name,
+            }
+            return Rendered(channel, to, out["txt"], subject=subject, html=out["html"], meta=meta)
         if channel == "push":
             title, title_cut = _truncate(_one_line(out["title.txt"]), PUSH_TITLE_MAX)
             body, body_cut = _truncate(out["body.txt"], PUSH_BODY_MAX)
@@ -215,6 +241,37 @@ def _context(message: Message, recipient: Recipient) -> dict[str, Any]:
         "recipient": recipient,
         "name": recipient.name,
     }
+
+
+DIGEST = "_digest"  # the digest templates: <channel>/_digest.<part> (no category id starts with _)
+DIGEST_ITEMS = 10  # items listed in full; the rest are "and N more"
+
+
+def _digest_context(items: Sequence[Message], recipient: Recipient) -> dict[str, Any]:
+    shown = list(items[:DIGEST_ITEMS])
+    groups: dict[str, list[Message]] = {}
+    for item in shown:
+        groups.setdefault(item.category_id, []).append(item)
+    names = [_category_name(c) for c in dict.fromkeys(i.category_id for i in items)]
+    count = len(items)
+    return {
+        "items": shown,
+        "groups": [{"category": _category_name(c), "entries": msgs} for c, msgs in groups.items()],
+        "count": count,
+        "more": count - len(shown),
+        "categories": names,
+        "title": f"{count} update{'s' if count != 1 else ''} in {_and(names)}",
+        "recipient": recipient,
+        "name": recipient.name,
+    }
+
+
+def _category_name(category_id: str) -> str:
+    return category_id.replace("_", " ").replace("-", " ").title()
+
+
+def _and(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _one_line(text: str) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 from notefly import validation
+from notefly.addresses import AddressBook, EndpointKind, channel_address, needs_address
 from notefly.domain import (
-    ADDRESS_FIELDS,
     ADDRESS_NAMES,
     Category,
     Message,
@@ -24,9 +25,12 @@ from notefly.domain import (
 )
 from notefly.errors import InvalidInput
 from notefly.ports import Clock, DeliveryCounts, IdFactory, NullObserver, Observer, Store
+from notefly.schedule import QuietHours, Schedule, next_due
 
 
 class Dispatcher(Protocol):
+    node_id: str  # the node that fans out what it accepts
+
     def publish(self, message: Message) -> None: ...
 
 
@@ -38,6 +42,7 @@ class PublishCommand:
     data: dict[str, Any] = field(default_factory=dict)
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
+    deliver_at: datetime | None = None  # hold the message until then
 
 
 class Publisher:
@@ -70,11 +75,17 @@ class Publisher:
             priority=cmd.priority,
             idempotency_key=cmd.idempotency_key,
             accepted_at=self._clock.now(),
+            deliver_at=cmd.deliver_at,
         )
-        stored, created = await self._store.accept_message(message)
+        later = cmd.deliver_at is not None and cmd.deliver_at > message.accepted_at
+        # A scheduled message has no owner: whichever node is up when it is due claims it.
+        stored, created = await self._store.accept_message(
+            message, owner=None if later else self._dispatcher.node_id
+        )
         if created:
             self._observer.message_accepted(stored.category_id)
-            self._dispatcher.publish(stored)
+            if not later:
+                self._dispatcher.publish(stored)
         return stored, created
 
 
@@ -87,23 +98,39 @@ def message_status(counts: DeliveryCounts) -> MessageStatus:
 
 
 # What a user may change about themselves; ids and timestamps are the store's.
-EDITABLE_FIELDS = ("name", "email", "phone", "push_token", "timezone")
+EDITABLE_FIELDS = ("name", "email", "phone", "push_token", "timezone", "quiet_hours")
 _CHECKS: dict[str, Callable[[str], str]] = {
     "name": validation.printable,
     "email": validation.email,
     "phone": validation.phone,
     "timezone": validation.timezone,
+    "quiet_hours": lambda value: QuietHours.decode(value).encode(),
 }
 
 
 class Directory:
     """Users and their subscriptions."""
 
-    def __init__(self, store: Store, ids: IdFactory, clock: Clock, channels: Sequence[str]):
+    def __init__(
+        self,
+        store: Store,
+        ids: IdFactory,
+        clock: Clock,
+        channels: Sequence[str],
+        addresses: AddressBook | None = None,  # registrations count as addresses too
+    ):
         self._store = store
         self._ids = ids
         self._clock = clock
         self.channels = tuple(channels)
+        self._addresses = addresses
+
+    async def registered(self, user_id: str) -> Mapping[EndpointKind, int]:
+        """How many endpoints of each kind the user registered (push, webhook, ...)."""
+        return await self._registered(user_id)
+
+    async def _registered(self, user_id: str) -> Mapping[EndpointKind, int]:
+        return await self._addresses.endpoint_counts(user_id) if self._addresses else {}
 
     async def register(self, user: User) -> User:
         _check_fields({f: getattr(user, f) for f in EDITABLE_FIELDS})
@@ -133,43 +160,89 @@ class Directory:
             raise InvalidInput("a user needs a name", code="validation_failed")
         current = await self._store.get_user(user_id)
         updated = replace(current, **changes)
-        for sub in await self._store.list_subscriptions(user_id):
-            self._check_addresses(updated, sub.category_id, sub.channels)
-        return await self._store.update_user(updated)
+        registered = await self._registered(user_id)
+        subscriptions = await self._store.list_subscriptions(user_id)
+        for sub in subscriptions:
+            self._check_addresses(updated, sub.category_id, sub.channels, registered)
+        stored = await self._store.update_user(updated)
+        if updated.timezone != current.timezone:  # digests are due at local times
+            for sub in subscriptions:
+                await self._reschedule(stored, sub.category_id, Schedule.decode(sub.schedule))
+        return stored
 
     async def subscriptions(self, user_id: str) -> list[Subscription]:
         await self._store.get_user(user_id)  # an unknown user is NotFound, not []
         return await self._store.list_subscriptions(user_id)
 
     async def subscribe(
-        self, user_id: str, category_id: str, channels: Sequence[str]
+        self,
+        user_id: str,
+        category_id: str,
+        channels: Sequence[str],
+        schedule: Schedule | None = None,
     ) -> Subscription:
+        """Subscribe (or change a subscription); ``schedule`` None keeps the current one
+        (immediate for a new subscription)."""
         user = await self._store.get_user(user_id)
         await self._store.get_category(category_id)
-        ordered = self._checked_channels(user, category_id, channels)
-        return await self._store.upsert_subscription(Subscription(user_id, category_id, ordered))
+        registered = await self._registered(user_id)
+        ordered = self._checked_channels(user, category_id, channels, registered)
+        current = {s.category_id: s for s in await self._store.list_subscriptions(user_id)}
+        before = current.get(category_id)
+        if schedule is None:
+            schedule = Schedule.decode(before.schedule) if before else Schedule()
+        sub = await self._store.upsert_subscription(
+            Subscription(user_id, category_id, ordered, schedule=schedule.encode())
+        )
+        if before is not None and before.schedule != sub.schedule:
+            await self._reschedule(user, category_id, schedule)
+        return sub
+
+    async def _reschedule(self, user: User, category_id: str, schedule: Schedule) -> None:
+        """What is already collected goes out in the digest of the new schedule; a switch
+        to immediate sends it now, as one digest."""
+        now = self._clock.now()
+        due = now if schedule.immediate else next_due(schedule, user.timezone, now)
+        await self._store.reschedule_collected(user.id, category_id, due)
 
     async def set_subscriptions(
-        self, user_id: str, wanted: Mapping[str, Sequence[str]]
+        self,
+        user_id: str,
+        wanted: Mapping[str, Sequence[str]],
+        schedules: Mapping[str, Schedule] | None = None,
     ) -> list[Subscription]:
         """Make the user's subscriptions exactly ``wanted`` (category -> channels), all
         or nothing: a category with no channels is unsubscribed."""
         user = await self._store.get_user(user_id)
+        registered = await self._registered(user_id)
+        current = {s.category_id: s.schedule for s in await self._store.list_subscriptions(user_id)}
+        chosen = schedules or {}
         subs = []
         for category_id, channels in wanted.items():
             if not channels:
                 continue
             await self._store.get_category(category_id)
-            ordered = self._checked_channels(user, category_id, channels)
-            subs.append(Subscription(user_id, category_id, ordered))
-        return await self._store.replace_subscriptions(user_id, subs)
+            ordered = self._checked_channels(user, category_id, channels, registered)
+            schedule = chosen.get(category_id) or Schedule.decode(
+                current.get(category_id, "immediate")
+            )
+            subs.append(Subscription(user_id, category_id, ordered, schedule=schedule.encode()))
+        saved = await self._store.replace_subscriptions(user_id, subs)
+        for sub in saved:
+            if current.get(sub.category_id, sub.schedule) != sub.schedule:
+                await self._reschedule(user, sub.category_id, Schedule.decode(sub.schedule))
+        return saved
 
     async def unsubscribe(self, user_id: str, category_id: str) -> None:
         await self._store.get_user(user_id)
         await self._store.delete_subscription(user_id, category_id)
 
     def _checked_channels(
-        self, user: User, category_id: str, channels: Sequence[str]
+        self,
+        user: User,
+        category_id: str,
+        channels: Sequence[str],
+        registered: Mapping[EndpointKind, int],
     ) -> tuple[str, ...]:
         if not channels:
             raise InvalidInput(
@@ -185,12 +258,19 @@ class Directory:
                 details={"known": list(self.channels)},
             )
         ordered = tuple(ch for ch in self.channels if ch in channels)
-        self._check_addresses(user, category_id, ordered)
+        self._check_addresses(user, category_id, ordered, registered)
         return ordered
 
     @staticmethod
-    def _check_addresses(user: User, category_id: str, channels: Sequence[str]) -> None:
-        missing = [ch for ch in channels if ch in ADDRESS_FIELDS and not user.address_for(ch)]
+    def _check_addresses(
+        user: User,
+        category_id: str,
+        channels: Sequence[str],
+        registered: Mapping[EndpointKind, int],
+    ) -> None:
+        missing = [
+            ch for ch in channels if needs_address(ch) and not channel_address(user, ch, registered)
+        ]
         if missing:
             raise InvalidInput(
                 "the user has no "

@@ -11,15 +11,18 @@ import asyncio
 import contextlib
 import fcntl
 import json
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from notefly.addresses import channel_address, needs_address
 from notefly.domain import (
-    ADDRESS_FIELDS,
     ADDRESS_NAMES,
     Category,
     Delivery,
@@ -33,37 +36,28 @@ from notefly.domain import (
     Subscription,
     User,
     delivery_id,
+    digest_id,
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
+from notefly.policy import plan_delivery
 from notefly.ports import Clock, DeliveryCounts, FanoutPage
+from notefly.schedule import QuietHours, Schedule, Throttle
 from notefly.store.migrations import migrate_sqlite
-from notefly.store.writer import GroupCommitWriter
-
-_MESSAGE_COLUMNS = (
-    "m.id, m.category_id, m.title, m.body, m.data, m.priority, m.idempotency_key, m.accepted_at"
+from notefly.store.sqlite_addresses import SqliteAddressBook, registered_in_page
+from notefly.store.sqlite_feed import SqliteInboxFeed
+from notefly.store.sqlite_ops import SqliteOpsMixin
+from notefly.store.sqlite_reads import read_all
+from notefly.store.sqlite_rows import (
+    _MESSAGE_COLUMNS,
+    _TASK_QUERY,
+    _dt,
+    _message,
+    _tasks,
+    _ts,
+    task_address,
 )
-
-
-def _ts(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value is not None else None
-
-
-def _message(row: Sequence[Any]) -> Message:
-    return Message(
-        id=row[0],
-        category_id=row[1],
-        title=row[2],
-        body=row[3],
-        data=json.loads(row[4]),
-        priority=Priority(row[5]),
-        idempotency_key=row[6],
-        accepted_at=datetime.fromisoformat(row[7]),
-    )
+from notefly.store.writer import GroupCommitWriter
 
 
 def _user(row: Sequence[Any]) -> User:
@@ -75,10 +69,13 @@ def _user(row: Sequence[Any]) -> User:
         push_token=row[4],
         timezone=row[5],
         created_at=_dt(row[6]),
+        quiet_hours=row[7],
     )
 
 
-_USER_COLUMNS = "id, name, email, phone, push_token, timezone, created_at"
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+_USER_COLUMNS = "id, name, email, phone, push_token, timezone, created_at, quiet_hours"
 
 
 def _notification(row: Sequence[Any]) -> Notification:
@@ -92,15 +89,16 @@ def _notification(row: Sequence[Any]) -> Notification:
         priority=Priority(row[6]),
         created_at=datetime.fromisoformat(row[7]),
         read_at=_dt(row[8]),
+        via=row[9],
     )
 
 
 _NOTIFICATION_COLUMNS = (
-    "id, user_id, message_id, category_id, title, body, priority, created_at, read_at"
+    "id, user_id, message_id, category_id, title, body, priority, created_at, read_at, via"
 )
 
 
-class SqliteStore:
+class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
     """The ``Store`` port on one SQLite file."""
 
     def __init__(
@@ -131,22 +129,24 @@ class SqliteStore:
     async def close(self) -> None:
         try:
             await self.writer.stop()
+            # Keep the planner's statistics fresh (cheap; SQLite's advice on closing).
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer_conn.execute("PRAGMA optimize")
         finally:
             await self._reader.close()
             await self._writer_conn.close()
 
     async def ping(self) -> None:
-        await self._reader.execute("SELECT 1")
+        await self._one("SELECT 1")
 
     # -- helpers ----------------------------------------------------------------
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        cursor = await self._reader.execute(sql, params)
-        return await cursor.fetchone()
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        cursor = await self._reader.execute(sql, params)
-        return list(await cursor.fetchall())
+        return await read_all(self._reader, sql, params)
 
     def _now(self) -> str:
         return self._clock.now().isoformat()
@@ -190,7 +190,8 @@ class SqliteStore:
             if await exists.fetchone() is not None:
                 raise Conflict(f"user {user.id!r} exists already", code="user_exists")
             await conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO users ({_USER_COLUMNS}, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     user.id,
                     user.name,
@@ -199,6 +200,7 @@ class SqliteStore:
                     user.push_token,
                     user.timezone,
                     now,
+                    user.quiet_hours,
                     now,
                 ),
             )
@@ -222,13 +224,14 @@ class SqliteStore:
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.execute(
                 "UPDATE users SET name = ?, email = ?, phone = ?, push_token = ?, timezone = ?,"
-                " updated_at = ? WHERE id = ?",
+                " quiet_hours = ?, updated_at = ? WHERE id = ?",
                 (
                     user.name,
                     user.email,
                     user.phone,
                     user.push_token,
                     user.timezone,
+                    user.quiet_hours,
                     self._now(),
                     user.id,
                 ),
@@ -251,14 +254,21 @@ class SqliteStore:
         await self.writer.run(op)
 
     async def upsert_subscription(self, sub: Subscription) -> Subscription:
-        stamped = Subscription(sub.user_id, sub.category_id, sub.channels, self._clock.now())
+        stamped = replace(sub, updated_at=self._clock.now())
 
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.execute(
-                "INSERT INTO subscriptions (category_id, user_id, channels, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (category_id, user_id)"
-                " DO UPDATE SET channels = excluded.channels, updated_at = excluded.updated_at",
-                (sub.category_id, sub.user_id, ",".join(sub.channels), _ts(stamped.updated_at)),
+                "INSERT INTO subscriptions (category_id, user_id, channels, updated_at, schedule)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (category_id, user_id)"
+                " DO UPDATE SET channels = excluded.channels, updated_at = excluded.updated_at,"
+                " schedule = excluded.schedule",
+                (
+                    sub.category_id,
+                    sub.user_id,
+                    ",".join(sub.channels),
+                    _ts(stamped.updated_at),
+                    sub.schedule,
+                ),
             )
 
         await self.writer.run(op)
@@ -272,13 +282,16 @@ class SqliteStore:
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.execute("DELETE FROM subscriptions WHERE user_id = ?", (user_id,))
             await conn.executemany(
-                "INSERT INTO subscriptions (category_id, user_id, channels, updated_at)"
-                " VALUES (?, ?, ?, ?)",
-                [(s.category_id, user_id, ",".join(s.channels), now.isoformat()) for s in subs],
+                "INSERT INTO subscriptions (category_id, user_id, channels, updated_at, schedule)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (s.category_id, user_id, ",".join(s.channels), now.isoformat(), s.schedule)
+                    for s in subs
+                ],
             )
 
         await self.writer.run(op)
-        return [Subscription(user_id, s.category_id, s.channels, now) for s in subs]
+        return [replace(s, user_id=user_id, updated_at=now) for s in subs]
 
     async def delete_subscription(self, user_id: str, category_id: str) -> None:
         async def op(conn: aiosqlite.Connection) -> None:
@@ -296,24 +309,42 @@ class SqliteStore:
 
     async def list_subscriptions(self, user_id: str) -> list[Subscription]:
         rows = await self._all(
-            "SELECT user_id, category_id, channels, updated_at FROM subscriptions"
+            "SELECT user_id, category_id, channels, updated_at, schedule FROM subscriptions"
             " WHERE user_id = ? ORDER BY category_id",
             (user_id,),
         )
-        return [Subscription(row[0], row[1], tuple(row[2].split(",")), _dt(row[3])) for row in rows]
+        return [
+            Subscription(row[0], row[1], tuple(row[2].split(",")), _dt(row[3]), row[4])
+            for row in rows
+        ]
 
     # -- messages -----------------------------------------------------------------
 
-    async def accept_message(self, message: Message) -> tuple[Message, bool]:
+    async def accept_message(
+        self, message: Message, *, owner: str | None = None
+    ) -> tuple[Message, bool]:
         """Commit a message; with a known idempotency key, return the original instead.
 
-        Returns the stored message and whether it was created now.
+        ``owner``: the node that fans it out. Returns the stored message and whether it
+        was created now.
         """
 
         async def op(conn: aiosqlite.Connection) -> tuple[Message, bool]:
+            if message.idempotency_key is not None:
+                # A key is one message for 24 hours; after that it is free again. The old
+                # message keeps its key with its own id appended, for the record.
+                await conn.execute(
+                    "UPDATE messages SET idempotency_key = idempotency_key || '#' || id"
+                    " WHERE idempotency_key = ? AND accepted_at < ?",
+                    (
+                        message.idempotency_key,
+                        (message.accepted_at - IDEMPOTENCY_WINDOW).isoformat(),
+                    ),
+                )
             cursor = await conn.execute(
                 "INSERT INTO messages (id, category_id, title, body, data, priority,"
-                " idempotency_key, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " idempotency_key, accepted_at, fanout_owner, deliver_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (idempotency_key) DO NOTHING",
                 (
                     message.id,
@@ -324,6 +355,8 @@ class SqliteStore:
                     message.priority.value,
                     message.idempotency_key,
                     message.accepted_at.isoformat(),
+                    owner,
+                    _ts(message.deliver_at),
                 ),
             )
             if cursor.rowcount == 1:
@@ -361,7 +394,8 @@ class SqliteStore:
         rows = await self._all(
             "SELECT id, message_id, user_id, channel, status, attempts, provider,"
             " provider_message_id, recipient, subject, text, error, created_at, updated_at,"
-            " sent_at FROM deliveries WHERE message_id = ? ORDER BY user_id, channel",
+            " sent_at, mode, note, digest_id FROM deliveries WHERE message_id = ?"
+            " ORDER BY user_id, channel",
             (message_id,),
         )
         return [
@@ -381,6 +415,9 @@ class SqliteStore:
                 created_at=datetime.fromisoformat(row[12]),
                 updated_at=datetime.fromisoformat(row[13]),
                 sent_at=_dt(row[14]),
+                mode=row[15],
+                note=row[16],
+                digest_id=row[17],
             )
             for row in rows
         ]
@@ -388,30 +425,51 @@ class SqliteStore:
     # -- fan-out and delivery -------------------------------------------------------
 
     async def fanout_page(
-        self, message: Message, after_user: str | None, limit: int, channels: Sequence[str]
+        self,
+        message: Message,
+        after_user: str | None,
+        limit: int,
+        channels: Sequence[str],
+        *,
+        owner: str | None = None,
+        throttles: Mapping[str, Throttle] | None = None,
     ) -> FanoutPage:
         """Turn the next page of the audience into deliveries and inbox entries.
 
         The page's rows and the message's cursor commit together, so a fan-out resumed
-        after a crash starts exactly where the last committed page ended.
+        after a crash starts exactly where the last committed page ended. Deliveries that
+        go out now belong to ``owner``, the node that hands them to its shards; the
+        others (digests, quiet hours, throttled) wait unowned until they are due.
         """
         enabled = set(channels)
+        throttles = throttles or {}
 
         async def op(conn: aiosqlite.Connection) -> FanoutPage:
             cursor = await conn.execute(
                 "SELECT s.user_id, s.channels, u.name, u.email, u.phone, u.push_token,"
-                " u.timezone FROM subscriptions s JOIN users u ON u.id = s.user_id"
+                " u.timezone, s.schedule, u.quiet_hours"
+                " FROM subscriptions s JOIN users u ON u.id = s.user_id"
                 " WHERE s.category_id = ? AND s.user_id > ? ORDER BY s.user_id LIMIT ?",
                 (message.category_id, after_user or "", limit),
             )
             rows = list(await cursor.fetchall())
-            now = self._now()
+            registered = (
+                await registered_in_page(conn, message.category_id, after_user, rows[-1][0])
+                if rows
+                else {}
+            )
+            clock_now = self._clock.now()
+            now = clock_now.isoformat()
+            recent = await _recent_counts(conn, rows, throttles, clock_now)
             tasks: list[DeliveryTask] = []
             delivery_rows: list[tuple[Any, ...]] = []
             inbox_rows: list[tuple[Any, ...]] = []
             skipped = 0
-            for user_id, subscribed, name, email, phone, push_token, tz in rows:
+            for user_id, subscribed, name, email, phone, push_token, tz, sched, quiet in rows:
                 user = User(user_id, name, email, phone, push_token, tz)
+                schedule = Schedule.decode(sched)
+                quiet_hours = QuietHours.decode(quiet) if quiet else None
+                collected = not schedule.immediate and message.priority is not Priority.URGENT
                 inbox_rows.append(
                     (
                         notification_id(message.id, user_id),
@@ -422,22 +480,49 @@ class SqliteStore:
                         message.body,
                         message.priority.value,
                         message.accepted_at.isoformat(),  # stable across a re-run fan-out
+                        "digest" if collected else None,
                     )
                 )
                 for channel in subscribed.split(","):
                     did = delivery_id(message.id, user_id, channel)
-                    address = user.address_for(channel)
+                    address = channel_address(user, channel, registered.get(user_id, {}))
                     reason = None
                     if channel not in enabled:
                         reason = f"channel {channel!r} is not enabled on this broker"
-                    elif channel in ADDRESS_FIELDS and not address:
+                    elif needs_address(channel) and not address:
                         reason = f"user has no {ADDRESS_NAMES[channel]}"
                     status = DeliveryStatus.SKIPPED if reason else DeliveryStatus.QUEUED
+                    plan = plan_delivery(
+                        message,
+                        schedule,
+                        zone=tz,
+                        quiet=quiet_hours,
+                        throttle=throttles.get(channel),
+                        sent_recently=recent[(user_id, channel)],
+                        now=clock_now,
+                    )
+                    if plan.now:
+                        recent[(user_id, channel)] += 1
                     delivery_rows.append(
-                        (did, message.id, user_id, channel, status.value, address, reason, now)
+                        (
+                            did,
+                            message.id,
+                            user_id,
+                            channel,
+                            status.value,
+                            address,
+                            reason,
+                            now,
+                            owner if not reason and plan.now else None,
+                            "digest" if plan.digest else "immediate",
+                            _ts(plan.not_before),
+                            plan.note,
+                        )
                     )
                     if reason:
                         skipped += 1
+                    elif not plan.now:
+                        continue  # waits in the store until it is due
                     else:
                         tasks.append(
                             DeliveryTask(
@@ -446,12 +531,13 @@ class SqliteStore:
                         )
             await conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
-                " recipient, error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?8)",
+                " recipient, error, created_at, owner, mode, not_before, note, updated_at)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?8)",
                 delivery_rows,
             )
             await conn.executemany(
                 "INSERT OR IGNORE INTO inbox (id, user_id, message_id, category_id, title, body,"
-                " priority, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " priority, created_at, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inbox_rows,
             )
             done = len(rows) < limit
@@ -465,35 +551,181 @@ class SqliteStore:
         return await self.writer.run(op)
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record attempts. A final outcome frees the delivery of its owner; a queued one
+        (a transient failure) stays with its node and may not be claimed by another
+        before ``not_before``."""
         if not outcomes:
             return
-        now = self._now()
-        rows = [
-            (
-                o.status.value,
-                o.attempts,
-                o.provider,
-                o.provider_message_id,
-                o.recipient,
-                o.subject,
-                o.text,
-                o.error,
-                _ts(o.at) or now,
-                (_ts(o.at) or now) if o.status is DeliveryStatus.SENT else None,
-                o.delivery_id,
+        now = self._clock.now()
+        rows = []
+        for o in outcomes:
+            at = o.at or now
+            retrying = o.status is DeliveryStatus.QUEUED
+            not_before = at + timedelta(seconds=o.retry_after or 0) if retrying else None
+            rows.append(
+                (
+                    o.status.value,
+                    o.attempts,
+                    o.provider,
+                    o.provider_message_id,
+                    o.recipient,
+                    o.subject,
+                    o.text,
+                    o.error,
+                    at.isoformat(),
+                    at.isoformat() if o.status is DeliveryStatus.SENT else None,
+                    _ts(not_before),
+                    int(retrying),
+                    o.delivery_id,
+                )
             )
-            for o in outcomes
-        ]
+
+        digests = [r for r in rows if r[-1].startswith(DIGEST_PREFIX)]
+        singles = [r for r in rows if not r[-1].startswith(DIGEST_PREFIX)] if digests else rows
 
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.executemany(
                 "UPDATE deliveries SET status = ?, attempts = ?, provider = ?,"
                 " provider_message_id = ?, recipient = coalesce(?, recipient),"
-                " subject = ?, text = ?, error = ?, updated_at = ?, sent_at = ? WHERE id = ?",
-                rows,
+                " subject = ?, text = ?, error = ?, updated_at = ?, sent_at = ?,"
+                " not_before = ?, owner = CASE WHEN ? = 1 THEN owner END WHERE id = ?",
+                singles,
+            )
+            if digests:
+                await _record_digests(conn, digests)
+
+        await self.writer.run(op)
+
+    # -- work distribution ------------------------------------------------------------
+
+    async def heartbeat(self, node_id: str) -> None:
+        now = self._now()
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (node_id, now, now),
             )
 
         await self.writer.run(op)
+
+    async def release(self, node_id: str) -> None:
+        await self.writer.run(lambda conn: _release(conn, [node_id]))
+
+    async def release_dead(self, silent_since: datetime) -> list[str]:
+        async def op(conn: aiosqlite.Connection) -> list[str]:
+            cursor = await conn.execute(
+                "SELECT id FROM nodes WHERE heartbeat_at < ?", (silent_since.isoformat(),)
+            )
+            dead = [row[0] for row in await cursor.fetchall()]
+            if dead:
+                await _release(conn, dead)
+            return dead
+
+        return await self.writer.run(op)
+
+    async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]:
+        # The writer runs one operation at a time, so select-then-update cannot race
+        # with another claim in this process; other processes wait on the write lock.
+        async def op(conn: aiosqlite.Connection) -> list[tuple[Message, str | None]]:
+            cursor = await conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS}, m.fanout_cursor FROM messages m"
+                " WHERE m.fanout_done = 0 AND m.fanout_owner IS NULL"
+                " AND (m.deliver_at IS NULL OR m.deliver_at <= ?)"
+                " ORDER BY m.accepted_at LIMIT ?",
+                (self._now(), limit),
+            )
+            rows = list(await cursor.fetchall())
+            await conn.executemany(
+                "UPDATE messages SET fanout_owner = ? WHERE id = ?",
+                [(node_id, row[0]) for row in rows],
+            )
+            return [(_message(row), row[8]) for row in rows]
+
+        return await self.writer.run(op)
+
+    async def claim_deliveries(self, node_id: str, limit: int) -> list[DeliveryTask]:
+        now = self._now()
+
+        async def op(conn: aiosqlite.Connection) -> list[DeliveryTask]:
+            cursor = await conn.execute(
+                f"{_TASK_QUERY} WHERE d.status = 'queued' AND d.owner IS NULL"
+                " AND d.mode = 'immediate' AND (d.not_before IS NULL OR d.not_before <= ?)"
+                " ORDER BY d.id LIMIT ?",
+                (now, limit),
+            )
+            rows = list(await cursor.fetchall())
+            await conn.executemany(
+                "UPDATE deliveries SET owner = ? WHERE id = ?", [(node_id, r[0]) for r in rows]
+            )
+            return _tasks(rows)
+
+        return await self.writer.run(op)
+
+    async def claim_digests(self, node_id: str, limit: int) -> list[DeliveryTask]:
+        """Claim due digests: ones waiting for a node (a retry, a dead node's), and new
+        ones made of each (user, channel)'s collected deliveries that are due now. Every
+        due item of a user and channel goes into one digest, however many slots passed
+        while no node was running."""
+        now = self._now()
+
+        async def op(conn: aiosqlite.Connection) -> list[DeliveryTask]:
+            cursor = await conn.execute(
+                "SELECT id FROM digests WHERE status = 'queued' AND owner IS NULL"
+                " AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?",
+                (now, limit),
+            )
+            ids = [row[0] for row in await cursor.fetchall()]
+            await conn.executemany(
+                "UPDATE digests SET owner = ? WHERE id = ?", [(node_id, i) for i in ids]
+            )
+            cursor = await conn.execute(
+                "SELECT user_id, channel, min(id), count(*) FROM deliveries"
+                " WHERE mode = 'digest' AND status = 'queued' AND digest_id IS NULL"
+                " AND not_before <= ? GROUP BY user_id, channel LIMIT ?",
+                (now, limit - len(ids)),
+            )
+            for user_id, channel, first, count in await cursor.fetchall():
+                gid = digest_id(user_id, channel, first)
+                await conn.execute(
+                    "UPDATE deliveries SET digest_id = ?, owner = ? WHERE user_id = ?"
+                    " AND channel = ? AND mode = 'digest' AND status = 'queued'"
+                    " AND digest_id IS NULL AND not_before <= ?",
+                    (gid, node_id, user_id, channel, now),
+                )
+                await conn.execute(
+                    "INSERT INTO digests (id, user_id, channel, status, owner, items,"
+                    " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,"
+                    " items = digests.items + excluded.items",
+                    (gid, user_id, channel, node_id, count, now, now),
+                )
+                ids.append(gid)
+            return [await _digest_task(conn, gid) for gid in ids]
+
+        return await self.writer.run(op)
+
+    async def reschedule_collected(
+        self, user_id: str, category_id: str, not_before: datetime
+    ) -> int:
+        """Move the due time of what is collected for a user's digest of a category (the
+        user changed the schedule or their time zone)."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET not_before = ? WHERE user_id = ? AND mode = 'digest'"
+                " AND status = 'queued' AND digest_id IS NULL AND note IS NULL"
+                " AND message_id IN (SELECT id FROM messages WHERE category_id = ?)",
+                (not_before.isoformat(), user_id, category_id),
+            )
+            return cursor.rowcount
+
+        return await self.writer.run(op)
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (the port)
+        # SQLite has no notifications between processes: the caller polls.
+        await asyncio.sleep(timeout)
 
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]:
         rows = await self._all(
@@ -504,28 +736,10 @@ class SqliteStore:
 
     async def queued_tasks(self, after_id: str | None, limit: int) -> list[DeliveryTask]:
         rows = await self._all(
-            f"SELECT d.id, d.channel, d.attempts, d.user_id, u.name, u.email, u.phone,"
-            f" u.push_token, u.timezone, {_MESSAGE_COLUMNS} FROM deliveries d"
-            " JOIN messages m ON m.id = d.message_id LEFT JOIN users u ON u.id = d.user_id"
-            " WHERE d.status = 'queued' AND d.id > ? ORDER BY d.id LIMIT ?",
+            f"{_TASK_QUERY} WHERE d.status = 'queued' AND d.id > ? ORDER BY d.id LIMIT ?",
             (after_id or "", limit),
         )
-        messages: dict[str, Message] = {}
-        tasks = []
-        for row in rows:
-            message = messages.get(row[9]) or messages.setdefault(row[9], _message(row[9:]))
-            user = User(row[3], row[4] or "", row[5], row[6], row[7], row[8] or "UTC")
-            address = user.address_for(row[1])
-            tasks.append(
-                DeliveryTask(
-                    row[0],
-                    message,
-                    row[1],
-                    Recipient(row[3], user.name, address, user.timezone),
-                    attempts=row[2],
-                )
-            )
-        return tasks
+        return _tasks(rows)
 
     # -- inbox --------------------------------------------------------------------
 
@@ -582,6 +796,95 @@ class SqliteStore:
             return cursor.rowcount
 
         return await self.writer.run(op)
+
+
+async def _recent_counts(
+    conn: aiosqlite.Connection,
+    rows: Sequence[Sequence[Any]],
+    throttles: Mapping[str, Throttle],
+    now: datetime,
+) -> Counter[tuple[str, str]]:
+    """Each (user, channel) of the page: its immediate deliveries within the throttle's
+    period, which is all a throttle needs to remember (and survives restarts)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    users = [row[0] for row in rows]
+    for channel, throttle in throttles.items():
+        for start in range(0, len(users), 500):
+            chunk = users[start : start + 500]
+            cursor = await conn.execute(
+                "SELECT user_id, count(*) FROM deliveries WHERE channel = ? AND mode = 'immediate'"
+                f" AND status IN ('queued', 'sent') AND created_at >= ?"
+                f" AND user_id IN ({', '.join('?' * len(chunk))}) GROUP BY user_id",
+                (channel, (now - throttle.period).isoformat(), *chunk),
+            )
+            for user_id, count in await cursor.fetchall():
+                counts[(user_id, channel)] = count
+    return counts
+
+
+DIGEST_PREFIX = "g_"
+
+
+async def _digest_task(conn: aiosqlite.Connection, gid: str) -> DeliveryTask:
+    cursor = await conn.execute(
+        "SELECT g.user_id, g.channel, g.attempts, u.name, u.email, u.phone, u.push_token,"
+        " u.timezone FROM digests g LEFT JOIN users u ON u.id = g.user_id WHERE g.id = ?",
+        (gid,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    user_id, channel, attempts, name, email, phone, push_token, tz = row
+    cursor = await conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"
+        " WHERE d.digest_id = ? ORDER BY m.accepted_at DESC, m.id DESC",
+        (gid,),
+    )
+    items = tuple(_message(r) for r in await cursor.fetchall())
+    user = User(user_id, name or "", email, phone, push_token, tz or "UTC")
+    cursor = await conn.execute(
+        "SELECT recipient FROM deliveries WHERE digest_id = ? AND recipient IS NOT NULL LIMIT 1",
+        (gid,),
+    )
+    recorded = await cursor.fetchone()
+    address = task_address(user, channel, recorded[0] if recorded else None)
+    recipient = Recipient(user_id, user.name, address, user.timezone)
+    return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
+
+
+async def _record_digests(conn: aiosqlite.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Outcome rows of digests: the digest, and (once final) every delivery it carried."""
+    await conn.executemany(
+        "UPDATE digests SET status = ?, attempts = ?, provider = ?, provider_message_id = ?,"
+        " recipient = coalesce(?, recipient), subject = ?, text = ?, error = ?,"
+        " updated_at = ?, sent_at = ?, not_before = ?,"
+        " owner = CASE WHEN ? = 1 THEN owner END WHERE id = ?",
+        rows,
+    )
+    final = [r for r in rows if r[0] != DeliveryStatus.QUEUED.value]
+    await conn.executemany(
+        "UPDATE deliveries SET status = ?, provider = ?, provider_message_id = ?,"
+        " error = ?, updated_at = ?, sent_at = ?, owner = NULL WHERE digest_id = ?",
+        [(r[0], r[2], r[3], r[7], r[8], r[9], r[12]) for r in final],
+    )
+
+
+async def _release(conn: aiosqlite.Connection, node_ids: Sequence[str]) -> None:
+    """Hand the nodes' queued deliveries and unfinished fan-outs back to everyone."""
+    marks = ", ".join("?" * len(node_ids))
+    await conn.execute(
+        f"UPDATE deliveries SET owner = NULL WHERE status = 'queued' AND owner IN ({marks})",
+        node_ids,
+    )
+    await conn.execute(
+        f"UPDATE messages SET fanout_owner = NULL WHERE fanout_done = 0"
+        f" AND fanout_owner IN ({marks})",
+        node_ids,
+    )
+    await conn.execute(
+        f"UPDATE digests SET owner = NULL WHERE status = 'queued' AND owner IN ({marks})",
+        node_ids,
+    )
+    await conn.execute(f"DELETE FROM nodes WHERE id IN ({marks})", node_ids)
 
 
 @contextlib.asynccontextmanager

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dependency_injector import providers
 from quart.typing import TestClientProtocol
 
+from broker.app import create_app as create_broker_app
 from client.app import create_app as create_client_app
 from notefly.config import Settings
-from notefly.containers import Container, resolve
-from notefly.domain import Message
+from notefly.containers import Container, resolve, start, stop
+from notefly.domain import Message, Rendered
+from notefly.ports import SendResult
+from notefly.services import Directory
 from notefly.store.sqlite import SqliteStore
 
 # -- the client service -----------------------------------------------------------
@@ -71,3 +79,67 @@ def client_publish(client_store: SqliteStore, client_message_ids: Iterator[str])
         return stored
 
     return publish
+
+
+# -- the broker service -------------------------------------------------------------
+
+
+class RecordingChannel:
+    """A provider that records every call (from the event loop) and sends nothing."""
+
+    provider = "recording"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[tuple[str, Rendered]] = []
+        self._lock = threading.Lock()
+
+    async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:
+        with self._lock:
+            self.calls.append((delivery_id, rendered))
+        return SendResult(self.provider, provider_message_id=f"rec-{delivery_id}")
+
+
+@dataclass
+class Broker:
+    client: Any
+    container: Container
+    channels: dict[str, RecordingChannel]
+    directory: Directory
+    db_path: Path
+
+    async def publish(self, **payload: Any) -> Any:
+        return await self.client.post("/pub", json=payload)
+
+    async def delivered(self, message_id: str, within: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(within):
+            while True:
+                status: dict[str, Any] = await (
+                    await self.client.get(f"/messages/{message_id}")
+                ).get_json()
+                if status["status"] == "delivered":
+                    return status
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    settings = Settings(data_dir=tmp_path, max_body_bytes=16 * 1024)
+    container = Container(settings=settings)
+    channels = {name: RecordingChannel(name) for name in settings.channels}
+    container.channels.override(providers.Object(channels))
+    await start(container.store)
+    await start(container.actors)
+    app = create_broker_app(container)
+    try:
+        async with app.test_app() as test_app:
+            yield Broker(
+                test_app.test_client(),
+                container,
+                channels,
+                await resolve(container.directory),
+                settings.sqlite_path,
+            )
+    finally:
+        await stop(container.actors)
+        await stop(container.store)

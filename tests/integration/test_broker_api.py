@@ -4,82 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from dependency_injector import providers
 
-from broker.app import create_app
-from notefly.config import Settings
-from notefly.containers import Container, resolve, start, stop
-from notefly.domain import Rendered, User
-from notefly.ports import SendResult
-from notefly.services import Directory
-
-
-class RecordingChannel:
-    """A provider that records every call (from the event loop) and sends nothing."""
-
-    provider = "recording"
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.calls: list[tuple[str, Rendered]] = []
-        self._lock = threading.Lock()
-
-    async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:
-        with self._lock:
-            self.calls.append((delivery_id, rendered))
-        return SendResult(self.provider, provider_message_id=f"rec-{delivery_id}")
-
-
-@dataclass
-class Broker:
-    client: Any
-    container: Container
-    channels: dict[str, RecordingChannel]
-    directory: Directory
-    db_path: Path
-
-    async def publish(self, **payload: Any) -> Any:
-        return await self.client.post("/pub", json=payload)
-
-    async def delivered(self, message_id: str, within: float = 10.0) -> dict[str, Any]:
-        async with asyncio.timeout(within):
-            while True:
-                status: dict[str, Any] = await (
-                    await self.client.get(f"/messages/{message_id}")
-                ).get_json()
-                if status["status"] == "delivered":
-                    return status
-                await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    settings = Settings(data_dir=tmp_path, max_body_bytes=16 * 1024)
-    container = Container(settings=settings)
-    channels = {name: RecordingChannel(name) for name in settings.channels}
-    container.channels.override(providers.Object(channels))
-    await start(container.store)
-    await start(container.actors)
-    app = create_app(container)
-    try:
-        async with app.test_app() as test_app:
-            yield Broker(
-                test_app.test_client(),
-                container,
-                channels,
-                await resolve(container.directory),
-                settings.sqlite_path,
-            )
-    finally:
-        await stop(container.actors)
-        await stop(container.store)
+from notefly.domain import User
+from tests.integration.conftest import Broker
 
 
 async def _user(broker: Broker, name: str, **addresses: str) -> str:
@@ -152,10 +82,15 @@ async def test_a_repeated_idempotency_key_sends_nothing_again(broker: Broker):
 async def test_message_status_and_deliveries(broker: Broker):
     erin = await _user(broker, "erin", email="erin@example.org")  # no phone
     await broker.directory.subscribe(erin, "finance", ["email"])
+
     # Erin drops her phone after subscribing to sms would be refused; instead subscribe a
     # channel this broker does not run by writing the row directly.
-    with sqlite3.connect(broker.db_path) as db:
-        db.execute("UPDATE subscriptions SET channels = 'email,fax' WHERE user_id = ?", (erin,))
+    def add_fax() -> None:
+        with sqlite3.connect(broker.db_path, timeout=10) as db:
+            db.execute("UPDATE subscriptions SET channels = 'email,fax' WHERE user_id = ?", (erin,))
+
+    # Off the event loop: the broker's writer needs the loop to finish what it holds.
+    await asyncio.to_thread(add_fax)
     response = await broker.publish(category="finance", body="Status please", priority="urgent")
     message_id = (await response.get_json())["id"]
     status = await broker.delivered(message_id)
