@@ -5,6 +5,8 @@ notefly broker    the broker alone        notefly client   the client alone
 notefly demo      demo users, one message per category, and what each received
 notefly publish   publish through a running broker
 notefly migrate   apply pending schema migrations
+notefly status    health, pending work and recent failures of a running broker
+notefly bench     the benchmark suite (throughput, latency, memory) on loopback
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from notefly import __version__, demo
+from notefly import __version__, bench, demo, status, vapid
 from notefly.config import Settings
 from notefly.containers import Container, resolve, start, stop
 from notefly.errors import ConfigurationError
 from notefly.logs import configure_logging
+from notefly.metrics import prepare_multiprocess_dir
 from notefly.runner import Service, run
+from notefly.supervisor import supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--broker-port", type=int, help="broker port (5000)")
     up.add_argument("--client-port", type=int, help="client port (5001)")
     up.add_argument("--demo", action="store_true", help="register demo users and publish")
+    up.add_argument(
+        "--workers", type=int, help="processes (nodes) on this machine (the number of cores)"
+    )
+    up.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     storage(up)
     for name, port in (("broker", 5000), ("client", 5001)):
         p = sub.add_parser(name, help=f"the {name} service alone")
@@ -57,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-url", help="http://127.0.0.1:5000 by default")
     p = sub.add_parser("migrate", help="apply pending schema migrations")
     storage(p)
+    p = sub.add_parser("keys", help="create the VAPID key pair of Web Push (kept if present)")
+    storage(p)
+    p = sub.add_parser("status", help="health, pending work and recent failures of a broker")
+    p.add_argument("--broker-url", help="http://127.0.0.1:5000 by default")
+    p.add_argument("--json", action="store_true", help="the whole status as JSON, for scripts")
+    bench.add_arguments(sub.add_parser("bench", help="benchmarks of the real services"))
     return parser
 
 
@@ -82,24 +98,41 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         client_host=args.host,
         broker_port=args.broker_port,
         client_port=args.client_port,
+        workers=args.workers,
     )
+    workers = settings.workers or os.cpu_count() or 1
+    if workers > 1 and args.worker_index is None:
+        # Workers add up their metrics in one directory, so any of them answers /metrics
+        # and the dashboard for all.
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", str(prepare_multiprocess_dir(settings.data_dir / "metrics"))
+        )
+        child = [a for a in sys.argv[1:] if not a.startswith("--worker-index")]
+        return supervise(child, workers)
+    if args.worker_index is not None:  # one of several nodes on this machine
+        settings = settings.with_overrides(
+            node_id=f"{settings.node}/{args.worker_index}", workers=workers
+        )
     services = [
         Service("broker", settings.broker_host, settings.broker_port),
         Service("client", settings.client_host, settings.client_port),
     ]
-    asyncio.run(run(Container(settings=settings), services, seed_demo=args.demo))
+    seed = args.demo and not args.worker_index  # one worker seeds the demo data
+    asyncio.run(run(Container(settings=settings), services, seed_demo=seed, reuse_port=workers > 1))
     return 0
 
 
 def _single(args: argparse.Namespace, settings: Settings) -> int:
     name = args.command
-    host = args.host or getattr(settings, f"{name}_host")
-    port = args.port or getattr(settings, f"{name}_port")
+    settings = settings.with_overrides(**{f"{name}_host": args.host, f"{name}_port": args.port})
+    host, port = getattr(settings, f"{name}_host"), getattr(settings, f"{name}_port")
     asyncio.run(run(Container(settings=settings), [Service(name, host, port)]))
     return 0
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    # A node of its own: a running `notefly up` on the same store keeps its work.
+    settings = settings.with_overrides(node_id=f"{socket.gethostname()}:demo:{os.getpid()}")
     return asyncio.run(_run_demo(Container(settings=settings)))
 
 
@@ -166,17 +199,27 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         await stop(container.store)
 
     asyncio.run(apply())
-    print(f"notefly: schema of {settings.sqlite_path} is up to date")
+    print(f"notefly: schema of {settings.database_label} is up to date")
     return 0
 
 
-_COMMANDS = {
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    public_key = vapid.create_keys(settings.data_dir)
+    print(f"notefly: VAPID keys in {settings.data_dir}; public key (applicationServerKey):")
+    print(public_key)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "up": _up,
     "broker": _single,
     "client": _single,
     "demo": _demo,
     "publish": _publish,
     "migrate": _migrate,
+    "keys": _keys,
+    "status": status.command,
+    "bench": lambda args, _settings: bench.command(args),
 }
 
 if __name__ == "__main__":
