@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint check clean
+.PHONY: install run test bench lint check clean
 
 $(STAMP): pyproject.toml poetry.lock .ci/constraints.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The benchmark suite (README "Performance"); BENCH_FLAGS=--quick for smaller sizes.
+# wrk drives the ingest scenario: installed from Debian when we are root.
+bench: install
+	@command -v wrk >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; } || \
+		echo "wrk is missing (apt-get install wrk as root): the ingest scenario will FAIL"
+	$(BIN)/notefly bench $(BENCH_FLAGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,124 @@
+"""2. Fan-out: a burst of messages to one category of 10,000 subscribers, each on 1 to 3
+of sms/email/push (about 20,000 deliveries a message), against the plain loop on the
+same data. Notefly's rate runs from the first accept to the last delivery recorded as
+sent; the plain loop's from its start to its last commit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+
+from notefly.bench import loadgen, seed
+from notefly.bench.deliverylog import wait_done
+from notefly.bench.harness import Bench, Result, notefly
+from notefly.bench.plain import plain_fanout
+from notefly.bench.procs import tree_cpu_seconds
+from notefly.bench.report import Row, Target, number
+from notefly.domain import Message
+
+SCENARIO = "2 fan-out"
+CATEGORY = "bench-fanout"
+RATE = ("deliveries/s vs plain loop", Target(">=", 1.0, "x"))
+CHECKS = (RATE,)
+TITLE, BODY = "Rates up", "The key rate rose by a quarter point; markets took it calmly."
+TIMEOUT_SECONDS = 180
+
+
+async def run(bench: Bench) -> Result:
+    sizes = bench.sizes
+    subscribers, count = sizes.fanout_subscribers, sizes.fanout_messages
+    plain_dir = bench.scratch("fanout-plain")
+    plain_db = plain_dir / "notefly.db"
+    await seed.create_schema(plain_db)
+    per_message = seed.seed_subscribers(plain_db, CATEGORY, subscribers, seed.some_channels())
+    # Same data for Notefly: a copy of the seeded file, before the loop writes to it.
+    pristine = plain_dir / "seeded.db"
+    shutil.copyfile(plain_db, pristine)
+    now = datetime.now(UTC)
+    messages = [
+        Message(id=f"plain_{i}", category_id=CATEGORY, body=BODY, title=TITLE, accepted_at=now)
+        for i in range(count)
+    ]
+    bench.say(f"  plain loop: {count} messages x {number(per_message)} deliveries")
+    plain = plain_fanout(plain_db, CATEGORY, messages)
+    bench.say(f"  plain loop: {number(plain.rate)} deliveries/s")
+
+    def seed_copy(db: object) -> None:
+        shutil.copyfile(pristine, str(db))
+
+    async with notefly(bench, "fanout", seed_copy) as node:
+        bodies = [
+            json.dumps({"category": CATEGORY, "title": TITLE, "body": BODY}).encode()
+            for _ in range(count)
+        ]
+        cpu_before = tree_cpu_seconds(node.server.pid)
+        answers = await loadgen.burst(node.url, "/pub", bodies)
+        refused = [a.status for a in answers if a.status != 202]
+        if refused:
+            raise RuntimeError(f"publish answered {refused}")
+        done, waited = await wait_done(node.log, TIMEOUT_SECONDS, 0.25, expect_messages=count)
+        cpu = tree_cpu_seconds(node.server.pid) - cpu_before
+        statuses = node.log.by_status()
+        span = node.log.span()
+        owners = node.log.fanout_owners()
+    sent = statuses.get("sent", 0)
+    result = Result(
+        raw={
+            "subscribers": subscribers,
+            "messages": count,
+            "deliveries_per_message": per_message,
+            "plain": {
+                "deliveries": plain.deliveries,
+                "seconds": plain.seconds,
+                "rate": plain.rate,
+                "cpu_seconds": plain.cpu_seconds,
+            },
+            "notefly": {
+                "statuses": statuses,
+                "finished": done,
+                "waited_seconds": waited,
+                "cpu_seconds": cpu,
+                "messages_by_worker": owners,
+            },
+        }
+    )
+    if not done or span is None:
+        result.rows.append(
+            Row(
+                SCENARIO,
+                RATE[0],
+                None,
+                target=RATE[1],
+                reason=f"not finished within {TIMEOUT_SECONDS} s: {statuses}",
+            )
+        )
+        return result
+    seconds = (span[1] - span[0]).total_seconds()
+    rate = sent / seconds if seconds > 0 else 0.0
+    result.raw["notefly"].update(seconds=seconds, rate=rate)
+    other = {k: v for k, v in statuses.items() if k != "sent"}
+    result.rows.append(
+        Row(
+            SCENARIO,
+            RATE[0],
+            rate / plain.rate,
+            "x",
+            RATE[1],
+            detail=f"{number(rate)} vs {number(plain.rate)} deliveries/s, {count} messages x"
+            f" {number(per_message)} deliveries" + (f", not sent: {other}" if other else ""),
+        )
+    )
+    if sent and plain.deliveries:
+        mine, theirs = cpu / sent * 1e6, plain.cpu_seconds / plain.deliveries * 1e6
+        result.rows.append(
+            Row(
+                SCENARIO,
+                "CPU time per delivery vs plain loop",
+                mine / theirs,
+                "x",
+                detail=f"{number(mine)} vs {number(theirs)} µs, all Notefly processes; messages"
+                f" fanned out by worker: {sorted(owners.values(), reverse=True)}",
+            )
+        )
+    return result

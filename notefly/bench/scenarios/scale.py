@@ -1,0 +1,174 @@
+"""4. Scale: one broadcast to every subscriber, 100,000 then 1,000,000 (``--quick``:
+10,000 then 100,000), one channel each. The memory and the live threads of every
+process are sampled from start to stop; the fan-out time of the large audience is
+compared with the small one's (linear: at most 11 times for 10 times the audience)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from notefly.bench import loadgen, seed
+from notefly.bench.deliverylog import wait_done
+from notefly.bench.harness import Bench, Result, notefly
+from notefly.bench.procs import UseSampler
+from notefly.bench.report import Row, Target, number
+from notefly.config import Settings
+
+SCENARIO = "4 scale"
+CATEGORY = "bench-scale"
+MB = 1_000_000
+RSS = ("peak RSS of every process", Target("<", 1000, "MB"))
+LINEAR = ("fan-out time, 10x audience", Target("<=", 11, "x"))
+CHECKS = (RSS, LINEAR)  # the thread check's bound depends on the configuration
+FIXED_THREADS = 8  # main, store writer and reader, the supervisor's, a little slack
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    audience: int
+    finished: bool
+    seconds: float | None  # first accept to the last delivery recorded as sent
+    statuses: dict[str, int]
+    peak_rss_mb: dict[int, float]  # by pid
+    threads: dict[int, int]  # the most seen at once, by pid
+
+    @property
+    def rate(self) -> float | None:
+        if not self.seconds:
+            return None
+        return self.statuses.get("sent", 0) / self.seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "audience": self.audience,
+            "finished": self.finished,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "statuses": self.statuses,
+            "peak_rss_mb": self.peak_rss_mb,
+            "threads": self.threads,
+        }
+
+
+def thread_bound(settings: Settings, categories: int, cpus: int) -> int:
+    """The live threads a node may have, from its configuration alone: one per shard
+    actor and category actor, asyncio's default executor (min(32, cpus + 4)), and a
+    few fixed ones. Never a function of the number of users."""
+    shards = settings.shards_per_channel * len(settings.channels)
+    return shards + categories + min(32, cpus + 4) + FIXED_THREADS
+
+
+async def run(bench: Bench) -> Result:
+    small = await _broadcast(bench, bench.sizes.scale_small, until=time.monotonic() + 240)
+    bench.say(_line(small))
+    result = Result(raw={"small": small.to_json()})
+    # The large broadcast gets what is left of the run's time, and is stopped then.
+    large = await _broadcast(bench, bench.sizes.scale_large, until=bench.deadline - 15)
+    bench.say(_line(large))
+    result.raw["large"] = large.to_json()
+    settings = Settings.from_env(bench.env)
+    bound = thread_bound(settings, categories=1, cpus=bench.cpus)
+    threads = ("live threads per process", Target("<=", bound))
+    label = f"{_size(large.audience)} broadcast"
+    if not large.finished:  # what was seen until it was stopped still counts, and says so
+        sent = large.statuses.get("sent", 0)
+        label += f" (stopped at {number(sent)} sent)"
+    rss = max(large.peak_rss_mb.values(), default=None)
+    result.rows.append(
+        Row(
+            SCENARIO,
+            f"{RSS[0]}, {label}",
+            rss,
+            "MB",
+            RSS[1],
+            detail="by process: " + ", ".join(f"{number(v)}" for v in large.peak_rss_mb.values()),
+            reason="no process was sampled",
+        )
+    )
+    result.rows.append(
+        Row(
+            SCENARIO,
+            f"{threads[0]}, {label}",
+            max(large.threads.values(), default=None),
+            "",
+            threads[1],
+            detail=f"{_size(small.audience)}: {max(small.threads.values(), default=0)};"
+            f" bound: {settings.shards_per_channel} shards x {len(settings.channels)} channels"
+            f" + executor + fixed",
+            reason="no process was sampled",
+        )
+    )
+    if large.seconds and small.seconds:
+        ratio: float | None = large.seconds / small.seconds
+        detail = (
+            f"{number(large.seconds)} s vs {number(small.seconds)} s;"
+            f" {number(large.rate or 0)} vs {number(small.rate or 0)} deliveries/s"
+        )
+        reason = ""
+    else:
+        ratio, detail = None, ""
+        unfinished = large if not large.finished else small
+        reason = f"{_size(unfinished.audience)} did not finish: {unfinished.statuses}"
+    result.rows.append(
+        Row(
+            SCENARIO,
+            f"{LINEAR[0]} ({_size(large.audience)} / {_size(small.audience)})",
+            ratio,
+            "x",
+            LINEAR[1],
+            detail=detail,
+            reason=reason,
+        )
+    )
+    return result
+
+
+async def _broadcast(bench: Bench, audience: int, *, until: float) -> Broadcast:
+    bench.say(f"  seeding {number(audience)} subscribers")
+
+    def seed_audience(db: Path) -> None:
+        seed.seed_subscribers(db, CATEGORY, audience, seed.one_channel)
+
+    started = time.monotonic()
+    async with notefly(bench, f"scale-{audience}", seed_audience, sample=True) as node:
+        bench.say(
+            f"  broadcast to {number(audience)} (seeded in {time.monotonic() - started:.0f} s)"
+        )
+        body = json.dumps({"category": CATEGORY, "title": "Broadcast", "body": "To everyone."})
+        answers = await loadgen.burst(node.url, "/pub", [body.encode()])
+        if answers[0].status != 202:
+            raise RuntimeError(f"publish answered {answers[0].status}")
+        within = max(30.0, until - time.monotonic())
+        done, _ = await wait_done(node.log, within, 1.0, expect_messages=1)
+        statuses = node.log.by_status()
+        span = node.log.span()
+        sampler: UseSampler = node.sampler
+        sampler.sample()
+    seconds = (span[1] - span[0]).total_seconds() if span and done else None
+    return Broadcast(
+        audience,
+        done,
+        seconds,
+        statuses,
+        {pid: u.peak_rss_kib * 1024 / MB for pid, u in sampler.peaks.items()},
+        {pid: u.threads for pid, u in sampler.peaks.items()},
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def _line(b: Broadcast) -> str:
+    if not b.finished:
+        return f"  {_size(b.audience)}: not finished {b.statuses}"
+    return (
+        f"  {_size(b.audience)}: {number(b.seconds or 0)} s,"
+        f" {number(b.rate or 0)} deliveries/s, peak RSS"
+        f" {number(max(b.peak_rss_mb.values(), default=0))} MB,"
+        f" threads {max(b.threads.values(), default=0)}"
+    )

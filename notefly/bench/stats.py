@@ -1,0 +1,55 @@
+"""Numbers from samples: percentiles and latency summaries."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``values``, interpolating between closest ranks.
+
+    The same definition as numpy's default (``linear``): rank ``q/100 * (n - 1)`` of the
+    sorted values, so the 0th is the minimum, the 100th the maximum and the 50th of an
+    even count the mean of the two middle values.
+
+    Raises:
+        ValueError: no values, or ``q`` outside [0, 100].
+    """
+    if not values:
+        raise ValueError("no values to take a percentile of")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside [0, 100]")
+    ordered = sorted(values)
+    rank = q / 100 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """A latency distribution, in milliseconds."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of_seconds(cls, samples: Sequence[float]) -> Latency:
+        """Summarise samples given in seconds.
+
+        Raises:
+            ValueError: no samples.
+        """
+        ms = [s * 1000 for s in samples]
+        return cls(
+            count=len(ms),
+            p50=percentile(ms, 50),
+            p90=percentile(ms, 90),
+            p99=percentile(ms, 99),
+            max=max(ms),
+        )
