@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from notefly.addresses import channel_address, needs_address
 from notefly.domain import (
-    ADDRESS_NAMES,
     Category,
     Delivery,
     DeliveryStatus,
@@ -34,13 +32,12 @@ from notefly.domain import (
     Recipient,
     Subscription,
     User,
-    delivery_id,
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.policy import plan_delivery
 from notefly.ports import Clock, DeliveryCounts, FanoutPage
-from notefly.schedule import QuietHours, Schedule, Throttle
+from notefly.schedule import Throttle
+from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.postgres_addresses import PostgresAddressBook, registered_in_page
 from notefly.store.postgres_digests import (
     DIGEST_PREFIX,
@@ -494,42 +491,25 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
             )
             now = self._now()
             recent = await recent_counts(conn, [row[0] for row in rows], throttles, now)
-            tasks: list[DeliveryTask] = []
-            deliveries: list[tuple[Any, ...]] = []
-            via: list[str | None] = []
-            skipped = 0
-            for user_id, subscribed, name, email, phone, push_token, tz, sched, quiet in rows:
-                user = User(user_id, name, email, phone, push_token, tz)
-                schedule = Schedule.decode(sched)
-                quiet_hours = QuietHours.decode(quiet) if quiet else None
-                collected = not schedule.immediate and message.priority is not Priority.URGENT
-                via.append("digest" if collected else None)
-                for channel in subscribed:
-                    did = delivery_id(message.id, user_id, channel)
-                    address = channel_address(user, channel, registered.get(user_id, {}))
-                    reason = None
-                    if channel not in enabled:
-                        reason = f"channel {channel!r} is not enabled on this broker"
-                    elif needs_address(channel) and not address:
-                        reason = f"user has no {ADDRESS_NAMES[channel]}"
-                    status = DeliveryStatus.SKIPPED if reason else DeliveryStatus.QUEUED
-                    plan = plan_delivery(
-                        message, schedule, zone=tz, quiet=quiet_hours,
-                        throttle=throttles.get(channel),
-                        sent_recently=recent[(user_id, channel)], now=now,
-                    )  # fmt: skip
-                    if plan.now:
-                        recent[(user_id, channel)] += 1
-                    deliveries.append(
-                        (did, user_id, channel, status.value, address, reason,
-                         owner if not reason and plan.now else None,
-                         "digest" if plan.digest else "immediate", plan.not_before, plan.note)
-                    )  # fmt: skip
-                    if reason:
-                        skipped += 1
-                    elif plan.now:
-                        recipient = Recipient(user_id, name, address, tz)
-                        tasks.append(DeliveryTask(did, message, channel, recipient))
+            plan = plan_page(
+                message,
+                [
+                    Subscriber(User(r[0], r[2], r[3], r[4], r[5], r[6]), r[1], r[7], r[8])
+                    for r in rows
+                ],
+                enabled=enabled,
+                owner=owner,
+                throttles=throttles,
+                registered=registered,
+                recent=recent,
+                now=now,
+            )
+            deliveries = [
+                (d.id, d.user_id, d.channel, d.status.value, d.recipient, d.error, d.owner,
+                 d.mode, d.not_before, d.note)
+                for d in plan.deliveries
+            ]  # fmt: skip
+            via = plan.via
             if deliveries:
                 await _insert_deliveries(conn, message.id, now, deliveries)
             done = len(rows) < limit
@@ -542,7 +522,7 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
             )
             if rows:  # the last step: it holds the inbox lock until commit
                 await _insert_inbox(conn, message, [row[0] for row in rows], via)
-            return FanoutPage(tasks, skipped, last, done)
+            return FanoutPage(plan.tasks, plan.skipped, last, done)
 
         return await self._in_transaction(op)
 

@@ -21,9 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from notefly.addresses import channel_address, needs_address
 from notefly.domain import (
-    ADDRESS_NAMES,
     Category,
     Delivery,
     DeliveryStatus,
@@ -35,14 +33,13 @@ from notefly.domain import (
     Recipient,
     Subscription,
     User,
-    delivery_id,
     digest_id,
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.policy import plan_delivery
 from notefly.ports import Clock, DeliveryCounts, FanoutPage
-from notefly.schedule import QuietHours, Schedule, Throttle
+from notefly.schedule import Throttle
+from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.migrations import migrate_sqlite
 from notefly.store.sqlite_addresses import SqliteAddressBook, registered_in_page
 from notefly.store.sqlite_feed import SqliteInboxFeed
@@ -460,75 +457,33 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             )
             clock_now = self._clock.now()
             now = clock_now.isoformat()
-            recent = await _recent_counts(conn, rows, throttles, clock_now)
-            tasks: list[DeliveryTask] = []
-            delivery_rows: list[tuple[Any, ...]] = []
-            inbox_rows: list[tuple[Any, ...]] = []
-            skipped = 0
-            for user_id, subscribed, name, email, phone, push_token, tz, sched, quiet in rows:
-                user = User(user_id, name, email, phone, push_token, tz)
-                schedule = Schedule.decode(sched)
-                quiet_hours = QuietHours.decode(quiet) if quiet else None
-                collected = not schedule.immediate and message.priority is not Priority.URGENT
-                inbox_rows.append(
-                    (
-                        notification_id(message.id, user_id),
-                        user_id,
-                        message.id,
-                        message.category_id,
-                        message.title,
-                        message.body,
-                        message.priority.value,
-                        message.accepted_at.isoformat(),  # stable across a re-run fan-out
-                        "digest" if collected else None,
+            plan = plan_page(
+                message,
+                [
+                    Subscriber(
+                        User(r[0], r[2], r[3], r[4], r[5], r[6]), r[1].split(","), r[7], r[8]
                     )
-                )
-                for channel in subscribed.split(","):
-                    did = delivery_id(message.id, user_id, channel)
-                    address = channel_address(user, channel, registered.get(user_id, {}))
-                    reason = None
-                    if channel not in enabled:
-                        reason = f"channel {channel!r} is not enabled on this broker"
-                    elif needs_address(channel) and not address:
-                        reason = f"user has no {ADDRESS_NAMES[channel]}"
-                    status = DeliveryStatus.SKIPPED if reason else DeliveryStatus.QUEUED
-                    plan = plan_delivery(
-                        message,
-                        schedule,
-                        zone=tz,
-                        quiet=quiet_hours,
-                        throttle=throttles.get(channel),
-                        sent_recently=recent[(user_id, channel)],
-                        now=clock_now,
-                    )
-                    if plan.now:
-                        recent[(user_id, channel)] += 1
-                    delivery_rows.append(
-                        (
-                            did,
-                            message.id,
-                            user_id,
-                            channel,
-                            status.value,
-                            address,
-                            reason,
-                            now,
-                            owner if not reason and plan.now else None,
-                            "digest" if plan.digest else "immediate",
-                            _ts(plan.not_before),
-                            plan.note,
-                        )
-                    )
-                    if reason:
-                        skipped += 1
-                    elif not plan.now:
-                        continue  # waits in the store until it is due
-                    else:
-                        tasks.append(
-                            DeliveryTask(
-                                did, message, channel, Recipient(user_id, name, address, tz)
-                            )
-                        )
+                    for r in rows
+                ],
+                enabled=enabled,
+                owner=owner,
+                throttles=throttles,
+                registered=registered,
+                recent=await _recent_counts(conn, rows, throttles, clock_now),
+                now=clock_now,
+            )
+            delivery_rows = [
+                (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient, d.error,
+                 now, d.owner, d.mode, _ts(d.not_before), d.note)
+                for d in plan.deliveries
+            ]  # fmt: skip
+            inbox_rows = [
+                (notification_id(message.id, r[0]), r[0], message.id, message.category_id,
+                 message.title, message.body, message.priority.value,
+                 message.accepted_at.isoformat(),  # stable across a re-run fan-out
+                 via)
+                for r, via in zip(rows, plan.via, strict=True)
+            ]  # fmt: skip
             await conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
                 " recipient, error, created_at, owner, mode, not_before, note, updated_at)"
@@ -546,7 +501,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                 "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
                 (last, int(done), message.id),
             )
-            return FanoutPage(tasks, skipped, last, done)
+            return FanoutPage(plan.tasks, plan.skipped, last, done)
 
         return await self.writer.run(op)
 
@@ -796,6 +751,13 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             return cursor.rowcount
 
         return await self.writer.run(op)
+
+
+def _subscriber(row: Sequence[Any]) -> Subscriber:
+    """A fan-out page row: user id, channels (comma-separated), name, email, phone, push
+    token, time zone, schedule, quiet hours."""
+    user = User(row[0], row[2], row[3], row[4], row[5], row[6])
+    return Subscriber(user, row[1].split(","), row[7], row[8])
 
 
 async def _recent_counts(

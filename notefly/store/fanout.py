@@ -1,0 +1,111 @@
+"""What one page of a fan-out becomes, whatever the store.
+
+Both stores read a page of subscribers (with their schedule, quiet hours and addresses),
+then write what this module decides: one delivery row per subscribed channel, one inbox
+entry per subscriber, and the tasks to hand to the shards now.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from notefly.addresses import EndpointKind, channel_address, needs_address
+from notefly.domain import (
+    ADDRESS_NAMES,
+    DeliveryStatus,
+    DeliveryTask,
+    Message,
+    Priority,
+    Recipient,
+    User,
+    delivery_id,
+)
+from notefly.policy import plan_delivery
+from notefly.schedule import QuietHours, Schedule, Throttle
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One row of a fan-out page: a subscription joined with its user."""
+
+    user: User
+    channels: Sequence[str]
+    schedule: str
+    quiet_hours: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    id: str
+    user_id: str
+    channel: str
+    status: DeliveryStatus
+    recipient: str | None
+    error: str | None  # why it is skipped
+    owner: str | None  # the node that sends it now; None: it waits until it is due
+    mode: str  # "immediate" or "digest"
+    not_before: datetime | None
+    note: str | None
+
+
+@dataclass(slots=True)
+class PagePlan:
+    deliveries: list[PlannedDelivery] = field(default_factory=list)
+    via: list[str | None] = field(default_factory=list)  # per subscriber, in page order
+    tasks: list[DeliveryTask] = field(default_factory=list)
+    skipped: int = 0
+
+
+def plan_page(
+    message: Message,
+    subscribers: Sequence[Subscriber],
+    *,
+    enabled: Collection[str],
+    owner: str | None,
+    throttles: Mapping[str, Throttle],
+    registered: Mapping[str, Mapping[EndpointKind, int]],
+    recent: Counter[tuple[str, str]],
+    now: datetime,
+) -> PagePlan:
+    """``recent``: each (user, channel)'s immediate deliveries within its throttle's
+    period; counted up as this page sends more."""
+    plan = PagePlan()
+    for sub in subscribers:
+        user = sub.user
+        schedule = Schedule.decode(sub.schedule)
+        quiet = QuietHours.decode(sub.quiet_hours) if sub.quiet_hours else None
+        collected = not schedule.immediate and message.priority is not Priority.URGENT
+        plan.via.append("digest" if collected else None)
+        for channel in sub.channels:
+            did = delivery_id(message.id, user.id, channel)
+            address = channel_address(user, channel, registered.get(user.id, {}))
+            reason = None
+            if channel not in enabled:
+                reason = f"channel {channel!r} is not enabled on this broker"
+            elif needs_address(channel) and not address:
+                reason = f"user has no {ADDRESS_NAMES[channel]}"
+            when = plan_delivery(
+                message, schedule, zone=user.timezone, quiet=quiet,
+                throttle=throttles.get(channel), sent_recently=recent[(user.id, channel)],
+                now=now,
+            )  # fmt: skip
+            sends_now = reason is None and when.now
+            if sends_now:
+                recent[(user.id, channel)] += 1
+            plan.deliveries.append(
+                PlannedDelivery(
+                    did, user.id, channel,
+                    DeliveryStatus.SKIPPED if reason else DeliveryStatus.QUEUED,
+                    address, reason, owner if sends_now else None,
+                    "digest" if when.digest else "immediate", when.not_before, when.note,
+                )
+            )  # fmt: skip
+            if reason:
+                plan.skipped += 1
+            elif sends_now:
+                recipient = Recipient(user.id, user.name, address, user.timezone)
+                plan.tasks.append(DeliveryTask(did, message, channel, recipient))
+    return plan
