@@ -143,7 +143,7 @@ async def _run_demo(container: Container) -> int:
         store = await resolve(container.store)
         users = await demo.seed_users(await resolve(container.directory), store)
         ids = await demo.publish_messages(await resolve(container.publisher))
-        await demo.wait_delivered(store, ids)
+        await demo.wait_delivered(store, ids, progress=demo.progress_bar(sys.stdout))
         print(f"{'user':<8} {'category':<9} {'channel':<6} {'to':<22} text")
         names = {u.id: u.name for u in users}
         for message_id in ids:

@@ -4,7 +4,9 @@ category so that every page has something to show."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 from notefly.domain import User
 from notefly.errors import NotFound
@@ -79,11 +81,35 @@ async def publish_messages(publisher: Publisher, *, key_prefix: str | None = Non
     return ids
 
 
-async def wait_delivered(store: Store, message_ids: list[str], within: float = 30.0) -> bool:
-    """Poll until every message is delivered (or the time is up)."""
+async def wait_delivered(
+    store: Store,
+    message_ids: list[str],
+    within: float = 30.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> bool:
+    """Poll until every message is delivered (or the time is up); ``progress`` hears
+    (final deliveries, all deliveries so far) after each poll."""
     async with asyncio.timeout(within):
         while True:
-            statuses = [message_status(await store.delivery_counts(m)) for m in message_ids]
-            if all(s.value == "delivered" for s in statuses):
+            counts = [await store.delivery_counts(m) for m in message_ids]
+            if progress is not None:
+                total = sum(sum(c.by_status.values()) for c in counts)
+                progress(total - sum(c.by_status.get("queued", 0) for c in counts), total)
+            if all(message_status(c).value == "delivered" for c in counts):
                 return True
             await asyncio.sleep(0.05)
+
+
+def progress_bar(out: TextIO, width: int = 30) -> Callable[[int, int], None]:
+    """A one-line progress bar, redrawn in place on a terminal, printed once elsewhere."""
+
+    def show(done: int, total: int) -> None:
+        if not out.isatty() and done < total:
+            return
+        filled = width * done // total if total else width
+        out.write(f"\r  deliveries [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done == total:
+            out.write("\n")
+        out.flush()
+
+    return show
