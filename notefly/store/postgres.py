@@ -598,7 +598,15 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
             dead = [row[0] for row in rows]
             if dead:
                 await _release(conn, dead)
-            return dead
+            # Work can also name an owner with no heartbeat row at all (declared dead
+            # while it still ran, then gone): hand that back too.
+            # Owners first, then the living: a node that starts in between is living.
+            owners = await _owners(conn)
+            live = {row[0] for row in await conn.fetch("SELECT id FROM nodes")}
+            orphaned = sorted(o for o in owners if o not in live)
+            if orphaned:
+                await _release(conn, orphaned)
+            return dead + orphaned
 
         return await self._in_transaction(op)
 
@@ -788,6 +796,29 @@ async def _insert_inbox(
         user_ids,
         via,
     )
+
+
+async def _owners(conn: asyncpg.Connection) -> set[str]:
+    """Every node named as the owner of unfinished work, jumping from owner to owner
+    along the indexes (a loose index scan), so the cost follows the number of owners."""
+    owners: set[str] = set()
+    for table, column, unfinished in (
+        ("deliveries", "owner", "status = 'queued'"),
+        ("digests", "owner", "status = 'queued'"),
+        ("messages", "fanout_owner", "NOT fanout_done"),
+    ):
+        last = ""
+        while True:
+            found = await conn.fetchval(
+                f"SELECT {column} FROM {table} WHERE {unfinished} AND {column} > $1"
+                f" ORDER BY {column} LIMIT 1",
+                last,
+            )
+            if found is None:
+                break
+            last = found
+            owners.add(found)
+    return owners
 
 
 async def _release(conn: asyncpg.Connection, node_ids: Sequence[str]) -> None:

@@ -576,7 +576,16 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             dead = [row[0] for row in await cursor.fetchall()]
             if dead:
                 await _release(conn, dead)
-            return dead
+            # Work can also name an owner with no heartbeat row at all (declared dead
+            # while it still ran, then gone): hand that back too.
+            # Owners first, then the living: a node that starts in between is living.
+            owners = await _owners(conn)
+            cursor = await conn.execute("SELECT id FROM nodes")
+            live = {row[0] for row in await cursor.fetchall()}
+            orphaned = sorted(o for o in owners if o not in live)
+            if orphaned:
+                await _release(conn, orphaned)
+            return dead + orphaned
 
         return await self.writer.run(op)
 
@@ -828,6 +837,30 @@ async def _record_digests(conn: aiosqlite.Connection, rows: Sequence[tuple[Any, 
         " error = ?, updated_at = ?, sent_at = ?, owner = NULL WHERE digest_id = ?",
         [(r[0], r[2], r[3], r[7], r[8], r[9], r[12]) for r in final],
     )
+
+
+async def _owners(conn: aiosqlite.Connection) -> set[str]:
+    """Every node named as the owner of unfinished work. Jumps from owner to owner along
+    the indexes, so the cost follows the number of owners, not of deliveries."""
+    owners: set[str] = set()
+    for table, column, unfinished in (
+        ("deliveries", "owner", "status = 'queued'"),
+        ("digests", "owner", "status = 'queued'"),
+        ("messages", "fanout_owner", "fanout_done = 0"),
+    ):
+        last = ""
+        while True:
+            cursor = await conn.execute(
+                f"SELECT {column} FROM {table} WHERE {unfinished} AND {column} > ?"
+                f" ORDER BY {column} LIMIT 1",
+                (last,),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                break
+            last = row[0]
+            owners.add(last)
+    return owners
 
 
 async def _release(conn: aiosqlite.Connection, node_ids: Sequence[str]) -> None:

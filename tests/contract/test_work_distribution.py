@@ -224,6 +224,20 @@ async def test_nodes_silent_too_long_lose_their_work_to_the_living(
     assert sorted(msg.id for msg, _cursor in claimed) == ["of-n1", "of-n2"]
 
 
+async def test_work_of_an_owner_without_a_heartbeat_row_is_handed_back(
+    store: Store, clock: FakeClock
+) -> None:
+    # "ghost" was declared dead while it still ran, wrote more work, then vanished: it
+    # has no row to time out, so its work is orphaned rather than silent.
+    await store.heartbeat("n1")
+    await store.accept_message(message("of-ghost"), owner="ghost")
+    await store.accept_message(message("of-n1"), owner="n1")
+
+    assert await store.release_dead(T0 - timedelta(seconds=1)) == ["ghost"]
+    claimed = await store.claim_fanouts("n1", 10)
+    assert [msg.id for msg, _cursor in claimed] == ["of-ghost"]
+
+
 async def test_a_heartbeat_keeps_a_node_alive_and_its_start_time(
     store: Store, backend: Backend, clock: FakeClock
 ) -> None:
