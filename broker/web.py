@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from quart import Quart, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from notefly.errors import NoteflyError, UnsupportedMediaType
+from notefly.errors import NoteflyError, StoreUnavailable, UnsupportedMediaType, is_store_failure
 from notefly.payloads import decode_json, validate
 
 if TYPE_CHECKING:
@@ -29,8 +29,12 @@ def install_error_handlers(app: Quart) -> None:
     """Every error leaves as ``{"error": {"code", "message", "details"}}``."""
 
     @app.errorhandler(NoteflyError)
-    async def notefly_error(exc: NoteflyError) -> tuple[dict[str, Any], int]:
-        return exc.to_dict(), exc.status
+    async def notefly_error(
+        exc: NoteflyError,
+    ) -> tuple[dict[str, Any], int, dict[str, str]]:
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else {}
+        return exc.to_dict(), exc.status, headers
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
@@ -39,9 +43,12 @@ def install_error_handlers(app: Quart) -> None:
         return error_body(code, exc.description or exc.name or "error"), status
 
     @app.errorhandler(Exception)
-    async def unexpected(exc: Exception) -> tuple[dict[str, Any], int]:
+    async def unexpected(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
+        if is_store_failure(exc):
+            log.error("http.store_unavailable", path=request.path, error=repr(exc))
+            return await notefly_error(StoreUnavailable("the store cannot be reached"))
         log.exception("http.unexpected_error", path=request.path)
-        return error_body("internal_error", "an unexpected error occurred"), 500
+        return error_body("internal_error", "an unexpected error occurred"), 500, {}
 
 
 def services() -> BrokerServices:

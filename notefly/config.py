@@ -40,6 +40,8 @@ class Settings:
     node_id: str | None = None  # default: <host>:<broker port>, stable across restarts
     workers: int | None = None  # `notefly up` processes; default: the number of cores
     max_pending: int = 50_000  # deliveries a node holds in memory at most
+    # fan-outs waiting for room beyond which POST /pub answers 429
+    max_fanouts: int = 10_000
     heartbeat_seconds: float = 2.0
     node_timeout_seconds: float = 10.0  # silent this long: dead, its work is taken over
     poll_seconds: float = 0.5  # how often an idle node looks for work (SQLite)
@@ -152,6 +154,7 @@ def _throttles(env: Mapping[str, str], channels: tuple[str, ...]) -> dict[str, T
 
 _INTS = {
     "database_pool_size",
+    "max_fanouts",
     "broker_port",
     "client_port",
     "shards_per_channel",

@@ -75,6 +75,7 @@ async def run_actors(
         shards_per_channel=settings.shards_per_channel,
         page_size=settings.fanout_page_size,
         max_pending=settings.max_pending,
+        max_fanouts=settings.max_fanouts,
         throttles=settings.throttles,
         shard_settings=ShardSettings(
             max_attempts=settings.max_attempts,

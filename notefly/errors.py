@@ -10,6 +10,8 @@ Every error a caller can meet is a ``NoteflyError``. Each carries a stable ``cod
     +-- NotFound               404  a category, user, message or notification is unknown
     +-- Conflict               409  the thing already exists
     +-- PayloadTooLarge        413  over the configured size limit
+    +-- Overloaded             429  too much work waiting: Retry-After says when to retry
+    +-- StoreUnavailable       503  the database cannot be reached: Retry-After
     +-- UnsupportedMediaType   415  neither JSON nor an HTML form
     +-- InvalidInput           422  well-formed but unacceptable (no address for a channel)
     +-- ConfigurationError          bad settings, raised at start-up, never at request time
@@ -20,6 +22,7 @@ Every error a caller can meet is a ``NoteflyError``. Each carries a stable ``cod
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 
@@ -82,6 +85,36 @@ class BadRequest(NoteflyError):
 class UnsupportedMediaType(NoteflyError):
     code = "unsupported_media_type"
     status = 415
+
+
+class Overloaded(NoteflyError):
+    """More work is waiting than the node may hold: try again later."""
+
+    code = "overloaded"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None):
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(NoteflyError):
+    code = "store_unavailable"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float = 5.0, details: Any = None):
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """A database that cannot be reached or written (not a bug in a query)."""
+    # Not IntegrityError and the like: those are bugs, not an unavailable store.
+    if isinstance(exc, sqlite3.OperationalError | OSError) or type(exc) is sqlite3.DatabaseError:
+        return True
+    # asyncpg is imported only with PostgreSQL: recognise its connection errors by name.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"PostgresConnectionError", "InterfaceError", "CannotConnectNowError"})
 
 
 class PayloadTooLarge(NoteflyError):

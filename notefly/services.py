@@ -23,7 +23,7 @@ from notefly.domain import (
     Subscription,
     User,
 )
-from notefly.errors import InvalidInput
+from notefly.errors import InvalidInput, Overloaded
 from notefly.ports import Clock, DeliveryCounts, IdFactory, NullObserver, Observer, Store
 from notefly.schedule import QuietHours, Schedule, next_due
 
@@ -32,6 +32,8 @@ class Dispatcher(Protocol):
     node_id: str  # the node that fans out what it accepts
 
     def publish(self, message: Message) -> None: ...
+
+    def overloaded(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,11 @@ class Publisher:
 
         A repeated idempotency key returns the original message and starts nothing.
         """
+        if self._dispatcher.overloaded():
+            # Refuse before writing anything: a flood must not grow the backlog forever.
+            raise Overloaded(
+                "too many messages are waiting to be fanned out; retry later", retry_after=2
+            )
         await self._store.get_category(cmd.category)
         message = Message(
             id=self._ids("msg"),

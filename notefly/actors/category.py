@@ -26,6 +26,7 @@ class CategoryActor(pykka.ThreadingActor):
         bridge: LoopBridge,
         dispatch: Callable[[Sequence[DeliveryTask]], None],
         has_room: Callable[[], bool],
+        on_done: Callable[[], None] = lambda: None,
         channels: Sequence[str],
         page_size: int,
         owner: str,
@@ -39,6 +40,7 @@ class CategoryActor(pykka.ThreadingActor):
         self._bridge = bridge
         self._dispatch = dispatch
         self._has_room = has_room
+        self._on_done = on_done
         self._owner = owner
         self._throttles = dict(throttles or {})
         self._wait_seconds = wait_seconds
@@ -105,3 +107,4 @@ class CategoryActor(pykka.ThreadingActor):
             category=self.category_id,
             deliveries=self.active.pop(message.id, 0),
         )
+        self._on_done()

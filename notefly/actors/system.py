@@ -49,6 +49,7 @@ class ActorSystem:
         shards_per_channel: int = 4,
         page_size: int = 500,
         max_pending: int = 50_000,
+        max_fanouts: int = 10_000,
         shard_settings: ShardSettings | None = None,
         pump_settings: PumpSettings | None = None,
         sweep_seconds: float = 30.0,
@@ -57,6 +58,8 @@ class ActorSystem:
     ) -> None:
         self.node_id = node_id
         self.max_pending = max_pending
+        self.max_fanouts = max_fanouts
+        self._fanouts = 0  # fan-outs handed to category actors and not finished
         self._store = store
         self._renderer = renderer
         self._channels = dict(channels)
@@ -131,7 +134,18 @@ class ActorSystem:
         self.fanout(message, None)
 
     def fanout(self, message: Message, cursor: str | None) -> None:
+        with self._lock:
+            self._fanouts += 1
         self._category(message.category_id).tell(Fanout(message, cursor))
+
+    def overloaded(self) -> bool:
+        """Full of deliveries and with a backlog of fan-outs waiting for room: new
+        publishes should be refused (429) rather than queued without limit."""
+        return self._held_count >= self.max_pending and self._fanouts >= self.max_fanouts
+
+    def _fanout_done(self) -> None:
+        with self._lock:
+            self._fanouts -= 1
 
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:
         """Hand deliveries to the shards that host their users' entities."""
@@ -227,6 +241,7 @@ class ActorSystem:
                     bridge=self._bridge,
                     dispatch=self.dispatch,
                     has_room=self.has_room,
+                    on_done=self._fanout_done,
                     channels=list(self._channels),
                     page_size=self._page_size,
                     owner=self.node_id,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
+
+from notefly.errors import StoreUnavailable
 
 
 async def read_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -16,4 +19,11 @@ async def read_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] =
     the same read transaction, and the connection keeps seeing that old snapshot (a user
     who was just registered is not found). One step per read never leaves one open.
     """
-    return list(await conn.execute_fetchall(sql, params))
+    try:
+        return list(await conn.execute_fetchall(sql, params))
+    except sqlite3.OperationalError as exc:  # locked for too long, disk I/O, ...
+        raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+    except ValueError as exc:  # aiosqlite's answer once the connection is closed
+        if "closed" not in str(exc):
+            raise
+        raise StoreUnavailable("the database connection is closed") from exc

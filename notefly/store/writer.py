@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from notefly.errors import StoreUnavailable
+
 T = TypeVar("T")
 Operation = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
@@ -47,7 +49,7 @@ class GroupCommitWriter:
     async def run(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run ``op`` inside the next group transaction and return its result after commit."""
         if self._task is None:
-            raise RuntimeError("the store writer is not running")
+            raise StoreUnavailable("the store is not open (starting or shutting down)")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op, future))
         return await future

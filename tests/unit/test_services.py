@@ -12,7 +12,7 @@ from notefly.domain import (
     Subscription,
     User,
 )
-from notefly.errors import InvalidInput, NotFound
+from notefly.errors import InvalidInput, NotFound, Overloaded
 from notefly.ports import DeliveryCounts
 from notefly.services import Directory, Inbox, PublishCommand, Publisher, message_status
 from tests.fakes import FakeIds, FakeStore, FixedClock
@@ -28,6 +28,11 @@ class RecordingDispatcher:
 
     def publish(self, message: Message) -> None:
         self.published.append(message)
+
+    def overloaded(self) -> bool:
+        return self.full
+
+    full = False
 
 
 @pytest.fixture
@@ -349,3 +354,15 @@ async def test_inbox_lists_newest_first_and_marks_read(
     clock.advance(timedelta(minutes=1).total_seconds())
     assert await inbox.mark_all_read("u1") == 1
     assert await inbox.list("u1", unread_only=True) == []
+
+
+async def test_an_overloaded_node_refuses_before_writing_anything(
+    publisher: Publisher, store: FakeStore, dispatcher: RecordingDispatcher
+) -> None:
+    dispatcher.full = True
+    with pytest.raises(Overloaded) as refused:
+        await publisher.publish(PublishCommand(category="finance", body="one too many"))
+    assert refused.value.status == 429
+    assert refused.value.retry_after > 0
+    assert store.messages == {}
+    assert dispatcher.published == []
