@@ -60,6 +60,7 @@ QUICK = Sizes(
     latency_seconds=4,
     scale_small=10_000,
     scale_large=100_000,
+    digest_users=10_000,
 )
 
 

@@ -26,11 +26,11 @@ SCENARIOS: dict[str, ModuleType] = {
     "ingest": ingest,
     "fanout": fanout,
     "latency": latency,
-    "scale": scale,
     "digest": digest,
+    "scale": scale,  # last: its large broadcast gets what is left of the time
 }
 # Seconds the whole run may take; the scale scenario's large broadcast gets what is left.
-BUDGET = {"full": 560.0, "quick": 240.0}
+BUDGET = {"full": 580.0, "quick": 240.0}
 
 
 def command(args: argparse.Namespace) -> int:
@@ -66,6 +66,7 @@ def command(args: argparse.Namespace) -> int:
     for name, result in results:
         report.rows += result.rows
         report.raw[name] = result.raw
+    report.rows.sort(key=lambda row: row.scenario)  # in the order
     print(report.text(), flush=True)
     if args.json:
         report.write_json(args.json)

@@ -1,4 +1,4 @@
-"""The references do the work they stand for, and the digest scenario says it cannot run."""
+"""The plain loop does the work it stands for; the digest seed is what fan-out writes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from notefly.bench import seed
-from notefly.bench.harness import QUICK, Bench
 from notefly.bench.plain import plain_fanout
-from notefly.bench.report import FAIL
-from notefly.bench.scenarios import digest
+from notefly.bench.scenarios.digest import ITEMS, NotImplementedYet, seed_digests
 from notefly.domain import Message
 
 
@@ -39,10 +39,35 @@ async def test_plain_loop_renders_and_records_every_delivery(tmp_path: Path):
     assert sms and all(r.startswith("+1555") for r in sms)
 
 
-async def test_digest_scenario_fails_with_its_reason_instead_of_a_number(tmp_path: Path):
-    bench = Bench(QUICK, 2, tmp_path, {}, None, say=lambda _text: None)
-    result = await digest.run(bench)
-    [row] = result.rows
-    assert row.verdict == FAIL
-    assert row.value is None
-    assert "digests are not implemented" in row.result
+async def test_digest_seed_collects_items_due_at_one_moment(tmp_path: Path):
+    db = tmp_path / "digest.db"
+    await seed.create_schema(db)
+    due = datetime(2030, 1, 2, 7, 30, 15, tzinfo=UTC)
+
+    seed_digests(db, 5, due)
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT user_id, mode, status, not_before, digest_id FROM deliveries"
+        ).fetchall()
+        schedules = {r[0] for r in conn.execute("SELECT schedule FROM subscriptions")}
+    assert len(rows) == 5 * ITEMS
+    assert len({user for user, *_ in rows}) == 5
+    assert {(mode, status, at, gid) for _, mode, status, at, gid in rows} == {
+        ("digest", "queued", due.isoformat(), None)
+    }
+    assert schedules == {"daily@07:30"}
+
+
+def test_without_digests_in_the_schema_the_scenario_says_so(tmp_path: Path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            "CREATE TABLE categories (id TEXT PRIMARY KEY, name, description, created_at);"
+            "CREATE TABLE users (id TEXT PRIMARY KEY, name, email, phone, push_token,"
+            " timezone, created_at, updated_at);"
+            "CREATE TABLE subscriptions (category_id, user_id, channels, updated_at);"
+            "CREATE TABLE deliveries (id TEXT PRIMARY KEY);"
+        )
+    with pytest.raises(NotImplementedYet, match="digests are not implemented"):
+        seed_digests(db, 3, datetime.now(UTC))

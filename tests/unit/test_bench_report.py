@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from notefly.bench.report import FAIL, INFO, PASS, Report, Row, Target, not_measured, render_table
+from notefly.bench.scenarios.scale import Broadcast, linear_row
 
 
 @pytest.mark.parametrize(
@@ -91,3 +92,36 @@ def test_report_counts_targets_met_and_writes_json(tmp_path: Path):
     assert data["checks"][1]["value"] is None
     assert data["checks"][1]["reason"] == "digests are not implemented"
     assert data["scenarios"]["ingest"]["bare"][0]["rate"] == 100.0
+
+
+def broadcast(audience: int, *, finished: bool, elapsed: float, sent: int) -> Broadcast:
+    statuses = {"sent": sent} if finished else {"sent": sent, "queued": audience - sent}
+    return Broadcast(
+        audience, finished, elapsed if finished else None, elapsed, statuses, {1: 100.0}, {1: 18}
+    )
+
+
+def test_ten_times_the_audience_in_at_most_eleven_times_the_time_passes():
+    small = broadcast(100_000, finished=True, elapsed=30.0, sent=100_000)
+    large = broadcast(1_000_000, finished=True, elapsed=320.0, sent=1_000_000)
+    row = linear_row(small, large)
+    assert row.verdict == PASS
+    assert row.value == pytest.approx(320 / 30)
+
+
+def test_an_unfinished_broadcast_already_too_slow_fails_with_a_lower_bound():
+    small = broadcast(100_000, finished=True, elapsed=30.0, sent=100_000)
+    large = broadcast(1_000_000, finished=False, elapsed=365.0, sent=731_000)
+    row = linear_row(small, large)
+    assert row.verdict == FAIL
+    assert row.value == pytest.approx(365 / 30)
+    assert row.detail.startswith("at least: stopped at 731,000 sent")
+
+
+def test_an_unfinished_broadcast_still_within_the_target_is_not_judged():
+    small = broadcast(100_000, finished=True, elapsed=30.0, sent=100_000)
+    large = broadcast(1_000_000, finished=False, elapsed=200.0, sent=500_000)
+    row = linear_row(small, large)
+    assert row.verdict == FAIL
+    assert row.value is None
+    assert row.result.startswith("not measured: 1M did not finish")

@@ -12,10 +12,13 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from notefly.bench import procs, seed
 from notefly.bench.harness import Bench, Result, notefly, wait_http
+from notefly.bench.procs import tree_cpu_seconds
 from notefly.bench.report import Row, Target, not_measured, number
 from notefly.bench.wrk import WrkResult, lua_script, run_wrk
 
@@ -35,7 +38,8 @@ async def run(bench: Bench) -> Result:
         reason = "wrk is not installed (apt-get install wrk)"
         return Result([not_measured(SCENARIO, m, reason, t) for m, t in CHECKS])
     result = Result()
-    bare_runs, notefly_runs = await _turns(bench, uvloop=False)
+    bare_turns, notefly_turns = await _turns(bench, uvloop=False)
+    bare_runs, notefly_runs = [t.wrk for t in bare_turns], [t.wrk for t in notefly_turns]
     best_bare = max(bare_runs, key=lambda r: r.rate)
     best = max(notefly_runs, key=lambda r: r.rate)
     worst_p99 = max(r.p99_ms for r in notefly_runs)
@@ -63,25 +67,57 @@ async def run(bench: Bench) -> Result:
             f"{number(max(r.p99_ms for r in bare_runs))} ms",
         ),
     ]
+    mine = min(t.cpu_ms_per_request for t in notefly_turns)
+    theirs = min(t.cpu_ms_per_request for t in bare_turns)
+    if mine and theirs:
+        result.rows.append(
+            Row(
+                SCENARIO,
+                "CPU time per request vs bare Quart",
+                mine / theirs,
+                "x",
+                detail=f"{number(mine)} vs {number(theirs)} ms, all processes",
+            )
+        )
     result.raw = {
         "connections": conns,
-        "bare": [r.to_json() for r in bare_runs],
-        "notefly": [r.to_json() for r in notefly_runs],
+        "bare": [t.to_json() for t in bare_turns],
+        "notefly": [t.to_json() for t in notefly_turns],
     }
     if bench.uvloop:
         await _with_uvloop(bench, result)
     return result
 
 
-async def _turns(bench: Bench, *, uvloop: bool) -> tuple[list[WrkResult], list[WrkResult]]:
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One wrk run, and the CPU time the server's processes used meanwhile: what a
+    request costs, however busy the machine was."""
+
+    wrk: WrkResult
+    cpu_seconds: float
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.cpu_seconds / self.wrk.ok * 1000 if self.wrk.ok else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.wrk.to_json(),
+            "cpu_seconds": self.cpu_seconds,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
+        }
+
+
+async def _turns(bench: Bench, *, uvloop: bool) -> tuple[list[Turn], list[Turn]]:
     assert bench.wrk is not None
     scratch = bench.scratch("ingest-uvloop" if uvloop else "ingest")
     script = scratch / "publish.lua"
     script.write_text(lua_script(BODY))
     env = _uvloop_env(bench, scratch) if uvloop else bench.env
     seconds, conns = bench.sizes.ingest_seconds, bench.sizes.ingest_connections
-    bare_runs: list[WrkResult] = []
-    notefly_runs: list[WrkResult] = []
+    bare_runs: list[Turn] = []
+    notefly_runs: list[Turn] = []
     seed_ingest = lambda db: seed.seed_categories(db, [CATEGORY])  # noqa: E731
     with _bare(bench, scratch, uvloop=uvloop) as bare_url:
         await wait_http(*bare_url)
@@ -92,23 +128,22 @@ async def _turns(bench: Bench, *, uvloop: bool) -> tuple[list[WrkResult], list[W
                     bench.wrk, f"{target}/pub", script, connections=conns, seconds=WARMUP_SECONDS
                 )
             for turn in range(bench.sizes.ingest_rounds):
-                bare_runs.append(
-                    await run_wrk(
-                        bench.wrk, f"{url}/pub", script, connections=conns, seconds=seconds
+                for server, target, runs in (
+                    (bare_url[0], url, bare_runs),
+                    (node.server, node.url, notefly_runs),
+                ):
+                    cpu = tree_cpu_seconds(server.pid)
+                    result = await run_wrk(
+                        bench.wrk, f"{target}/pub", script, connections=conns, seconds=seconds
                     )
-                )
-                notefly_runs.append(
-                    await run_wrk(
-                        bench.wrk, f"{node.url}/pub", script, connections=conns, seconds=seconds
-                    )
-                )
+                    runs.append(Turn(result, tree_cpu_seconds(server.pid) - cpu))
                 bench.say(
-                    f"  turn {turn + 1}: bare {number(bare_runs[-1].rate)} req/s,"
-                    f" notefly {number(notefly_runs[-1].rate)} req/s"
-                    f" (p99 {number(notefly_runs[-1].p99_ms)} ms)"
+                    f"  turn {turn + 1}: bare {number(bare_runs[-1].wrk.rate)} req/s,"
+                    f" notefly {number(notefly_runs[-1].wrk.rate)} req/s"
+                    f" (p99 {number(notefly_runs[-1].wrk.p99_ms)} ms)"
                 )
             committed = node.log.messages()
-            answered = sum(r.ok for r in notefly_runs)
+            answered = sum(t.wrk.ok for t in notefly_runs)
             if committed < answered:  # a 202 must mean committed
                 raise AssertionError(f"{answered} accepted but only {committed} committed")
     return bare_runs, notefly_runs
@@ -143,8 +178,9 @@ async def _with_uvloop(bench: Bench, result: Result) -> None:
         bench.say("  uvloop is not installed: skipped")
         result.rows.append(Row(SCENARIO, "with uvloop", None, reason="uvloop is not installed"))
         return
-    bare_runs, notefly_runs = await _turns(bench, uvloop=True)
-    bare, best = max(r.rate for r in bare_runs), max(notefly_runs, key=lambda r: r.rate)
+    bare_turns, notefly_turns = await _turns(bench, uvloop=True)
+    bare = max(t.wrk.rate for t in bare_turns)
+    best = max((t.wrk for t in notefly_turns), key=lambda r: r.rate)
     result.rows.append(
         Row(
             SCENARIO,
@@ -155,7 +191,7 @@ async def _with_uvloop(bench: Bench, result: Result) -> None:
         )
     )
     result.raw["uvloop"] = {
-        "bare": [r.to_json() for r in bare_runs],
-        "notefly": [r.to_json() for r in notefly_runs],
+        "bare": [t.to_json() for t in bare_turns],
+        "notefly": [t.to_json() for t in notefly_turns],
         "python": sys.version.split()[0],
     }
