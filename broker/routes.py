@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, Response
 from quart_schema import document_request, document_response
 
 import notefly
@@ -52,7 +52,10 @@ async def publish() -> Any:
     headers = {"Location": f"/messages/{message.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return PublishResponse.of(message).model_dump(mode="json"), 202, headers
+    # A ready Response: returning a dict makes quart-schema build pydantic adapters for
+    # the body and the headers on every call (a seventh of a publish's CPU time).
+    payload = PublishResponse.of(message).model_dump_json()
+    return Response(payload, status=202, headers=headers, mimetype="application/json")
 
 
 @blueprint.get("/messages/<message_id>")

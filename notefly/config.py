@@ -43,7 +43,9 @@ class Settings:
     # fan-outs waiting for room beyond which POST /pub answers 429
     max_fanouts: int = 10_000
     heartbeat_seconds: float = 2.0
-    node_timeout_seconds: float = 10.0  # silent this long: dead, its work is taken over
+    # Silent this long: dead, its work is taken over. Generous, because on SQLite a
+    # heartbeat waits for the same write lock as everything else under load.
+    node_timeout_seconds: float = 30.0
     poll_seconds: float = 0.5  # how often an idle node looks for work (SQLite)
     # NOTEFLY_THROTTLE_<CHANNEL>=5/1h: at most 5 per hour per user on that channel; what
     # exceeds it is folded into a digest

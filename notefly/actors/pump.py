@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("notefly.actors.pump")
 
+DIGEST_BATCH = 200  # digests claimed at once (each is a small transaction of its own)
+
 
 @dataclass(frozen=True, slots=True)
 class PumpSettings:
     heartbeat_seconds: float = 2.0
-    node_timeout_seconds: float = 10.0
+    node_timeout_seconds: float = 30.0
     poll_seconds: float = 0.5
     claim_batch: int = 1000
     fanout_batch: int = 16
@@ -96,13 +98,10 @@ class WorkPump:
         for message, cursor in fanouts:
             system.fanout(message, cursor)
         room = min(self._settings.claim_batch, system.max_pending - system.pending())
-        tasks = await self._store.claim_deliveries(node, room) if room > 0 else []
-        digests = (
-            await self._store.claim_digests(node, min(room - len(tasks), 200))
-            if (room - len(tasks) > 0)
-            else []
-        )
-        tasks += digests
+        singles = await self._store.claim_deliveries(node, room) if room > 0 else []
+        digest_room = min(room - len(singles), DIGEST_BATCH)
+        digests = await self._store.claim_digests(node, digest_room) if digest_room > 0 else []
+        tasks = singles + digests
         if tasks:
             system.dispatch(tasks)
         if fanouts or tasks:
@@ -113,4 +112,9 @@ class WorkPump:
                 deliveries=len(tasks),
                 digests=len(digests),
             )
-        return len(fanouts) == self._settings.fanout_batch or (room > 0 and len(tasks) == room)
+        # A full batch of anything means there is more: claim again without waiting.
+        return (
+            len(fanouts) == self._settings.fanout_batch
+            or (room > 0 and len(singles) == room)
+            or (digest_room > 0 and len(digests) == digest_room)
+        )
