@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: what a caller of the ``Store`` port would notice.
+"""What is the SQLite store's own (WAL, group commit), on a real file. What every store
+must do is in tests/contract, run against SQLite and PostgreSQL alike.
 
 Rows are checked through a separate ``sqlite3`` connection where it matters that they
 are really on disk (another process would see exactly that), not only in the store's
@@ -19,12 +20,8 @@ import pytest
 
 from notefly.domain import (
     Category,
-    DeliveryTask,
     Message,
     Priority,
-    Subscription,
-    User,
-    notification_id,
 )
 from notefly.errors import Conflict
 from notefly.store.sqlite import SqliteStore
@@ -88,60 +85,7 @@ def message(message_id: str = "m1", **overrides: Any) -> Message:
     return Message(**fields)
 
 
-# The "sports" audience used by the fan-out tests, in user id order.
-ENABLED = ("email", "sms", "inapp")
-AUDIENCE = [
-    (User("u1", "Ada", email="ada@example.org"), ("email",)),
-    (User("u2", "Bob"), ("sms",)),  # no phone: skipped
-    # Cyd has a push token: push is skipped only because this broker has no push channel.
-    (
-        User("u3", "Cyd", phone="+15550103", push_token="tok3", timezone="Europe/Paris"),
-        ("sms", "push"),
-    ),
-    (User("u4", "Dee", email="dee@example.org", phone="+15550104"), ("email", "sms")),
-    (User("u5", "Eve"), ("inapp",)),  # a channel (an operator's own) that needs no address
-]
-EXPECTED_QUEUED = {
-    ("u1", "email"): "ada@example.org",
-    ("u3", "sms"): "+15550103",
-    ("u4", "email"): "dee@example.org",
-    ("u4", "sms"): "+15550104",
-    ("u5", "inapp"): None,
-}
-EXPECTED_SKIPPED = {("u2", "sms"), ("u3", "push")}
-
-
-async def seed_audience(store: SqliteStore) -> None:
-    # u0 sorts first but follows another category: it must never be part of a page.
-    await store.add_user(User("u0", "Zed", email="zed@example.org"))
-    await store.upsert_subscription(Subscription("u0", "finance", ("email",)))
-    for user, channels in AUDIENCE:
-        await store.add_user(user)
-        await store.upsert_subscription(Subscription(user.id, "sports", channels))
-
-
-async def fan_out_completely(
-    store: SqliteStore, msg: Message, after: str | None = None, limit: int = 2
-) -> list[DeliveryTask]:
-    tasks: list[DeliveryTask] = []
-    while True:
-        page = await store.fanout_page(msg, after, limit, ENABLED)
-        tasks += page.tasks
-        after = page.cursor
-        if page.done:
-            return tasks
-
-
-# catalogue
-
-
-# users
-
-
-# subscriptions
-
-
-# accepting messages
+# the file
 
 
 async def test_the_database_is_in_wal_mode(store: SqliteStore, db_path: Path) -> None:
@@ -185,27 +129,3 @@ async def test_a_failing_operation_fails_alone_in_its_batch(
         ("Finance",),
         ("Weather",),
     ]
-
-
-# fan-out
-
-
-# outcomes and queued work
-
-
-# inbox
-
-
-async def inbox_with_three_messages(store: SqliteStore, clock: FakeClock) -> list[str]:
-    """u1 and u4 both follow sports; returns u1's notification ids, oldest first.
-
-    Message n is accepted at T0 + n minutes and fanned out a second later.
-    """
-    await seed_audience(store)
-    for minute, message_id in enumerate(("m1", "m2", "m3"), start=1):
-        clock.set(T0 + timedelta(minutes=minute))
-        msg = message(message_id, accepted_at=clock.now())
-        await store.accept_message(msg)
-        clock.advance(1)
-        await fan_out_completely(store, msg, limit=10)
-    return [notification_id(m, "u1") for m in ("m1", "m2", "m3")]
