@@ -49,6 +49,7 @@ from notefly.store.postgres_digests import (
 from notefly.store.postgres_feed import INBOX_LOCK, PostgresInboxFeed
 from notefly.store.postgres_migrations import migrate_postgres
 from notefly.store.postgres_ops import PostgresOpsMixin
+from notefly.store.rows import DELIVERY_COLUMNS, delivery
 from notefly.store.sqlite_rows import task_address  # backend-neutral, despite its home
 
 if TYPE_CHECKING:
@@ -422,35 +423,11 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
     async def list_deliveries(self, message_id: str) -> list[Delivery]:
         await self.get_message(message_id)
         rows = await self._fetch(
-            "SELECT id, message_id, user_id, channel, status, attempts, provider,"
-            " provider_message_id, recipient, subject, text, error, created_at, updated_at,"
-            " sent_at, mode, note, digest_id FROM deliveries WHERE message_id = $1"
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1"
             " ORDER BY user_id, channel",
             message_id,
         )
-        return [
-            Delivery(
-                id=row[0],
-                message_id=row[1],
-                user_id=row[2],
-                channel=row[3],
-                status=DeliveryStatus(row[4]),
-                attempts=row[5],
-                provider=row[6],
-                provider_message_id=row[7],
-                recipient=row[8],
-                subject=row[9],
-                text=row[10],
-                error=row[11],
-                created_at=row[12],
-                updated_at=row[13],
-                sent_at=row[14],
-                mode=row[15],
-                note=row[16],
-                digest_id=row[17],
-            )
-            for row in rows
-        ]
+        return [delivery(row, _same) for row in rows]
 
     # -- fan-out and delivery -------------------------------------------------------
 
@@ -847,3 +824,8 @@ if TYPE_CHECKING:
         store: PostgresStore,
     ) -> tuple[Store, AddressBook, InboxFeed, OpsStore]:
         return store, store, store, store  # mypy checks PostgresStore against the ports here
+
+
+def _same(value: Any) -> Any:
+    """asyncpg already returns datetimes."""
+    return value

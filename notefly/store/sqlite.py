@@ -41,6 +41,7 @@ from notefly.ports import Clock, DeliveryCounts, FanoutPage
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.migrations import migrate_sqlite
+from notefly.store.rows import DELIVERY_COLUMNS, delivery
 from notefly.store.sqlite_addresses import SqliteAddressBook, registered_in_page
 from notefly.store.sqlite_feed import SqliteInboxFeed
 from notefly.store.sqlite_ops import SqliteOpsMixin
@@ -389,35 +390,11 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
     async def list_deliveries(self, message_id: str) -> list[Delivery]:
         await self.get_message(message_id)
         rows = await self._all(
-            "SELECT id, message_id, user_id, channel, status, attempts, provider,"
-            " provider_message_id, recipient, subject, text, error, created_at, updated_at,"
-            " sent_at, mode, note, digest_id FROM deliveries WHERE message_id = ?"
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?"
             " ORDER BY user_id, channel",
             (message_id,),
         )
-        return [
-            Delivery(
-                id=row[0],
-                message_id=row[1],
-                user_id=row[2],
-                channel=row[3],
-                status=DeliveryStatus(row[4]),
-                attempts=row[5],
-                provider=row[6],
-                provider_message_id=row[7],
-                recipient=row[8],
-                subject=row[9],
-                text=row[10],
-                error=row[11],
-                created_at=datetime.fromisoformat(row[12]),
-                updated_at=datetime.fromisoformat(row[13]),
-                sent_at=_dt(row[14]),
-                mode=row[15],
-                note=row[16],
-                digest_id=row[17],
-            )
-            for row in rows
-        ]
+        return [delivery(row, _dt) for row in rows]
 
     # -- fan-out and delivery -------------------------------------------------------
 
