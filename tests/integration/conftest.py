@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dependency_injector import providers
 from quart.typing import TestClientProtocol
 
-from broker.app import create_app as create_broker_app
 from client.app import create_app as create_client_app
 from notefly.config import Settings
-from notefly.containers import Container, resolve, start, stop
+from notefly.containers import Container, resolve
 from notefly.domain import Message, Rendered
 from notefly.ports import SendResult
 from notefly.services import Directory
 from notefly.store.sqlite import SqliteStore
+from tests.integration.running import broker_app
 
 # -- the client service -----------------------------------------------------------
 
@@ -125,21 +124,8 @@ class Broker:
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     settings = Settings(data_dir=tmp_path, max_body_bytes=16 * 1024)
-    container = Container(settings=settings)
     channels = {name: RecordingChannel(name) for name in settings.channels}
-    container.channels.override(providers.Object(channels))
-    await start(container.store)
-    await start(container.actors)
-    app = create_broker_app(container)
-    try:
-        async with app.test_app() as test_app:
-            yield Broker(
-                test_app.test_client(),
-                container,
-                channels,
-                await resolve(container.directory),
-                settings.sqlite_path,
-            )
-    finally:
-        await stop(container.actors)
-        await stop(container.store)
+    async with broker_app(settings, channels) as (http, container):
+        yield Broker(
+            http, container, channels, await resolve(container.directory), settings.sqlite_path
+        )

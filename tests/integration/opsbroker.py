@@ -11,16 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dependency_injector import providers
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.app import create_app
 from notefly.config import Settings
-from notefly.containers import Container, resolve, start, stop
+from notefly.containers import Container, resolve
 from notefly.domain import Rendered, User
 from notefly.errors import PermanentChannelError, TransientChannelError
 from notefly.ports import SendResult
 from notefly.services import Directory
+from tests.integration.running import broker_app
 
 
 class SwitchChannel:
@@ -110,21 +109,8 @@ def sample(
 @contextlib.asynccontextmanager
 async def running_broker(tmp_path: Path, **overrides: Any) -> AsyncIterator[OpsBroker]:
     settings = Settings(data_dir=tmp_path, retry_base_seconds=0.01, **overrides)
-    container = Container(settings=settings)
     channels = {name: SwitchChannel(name) for name in settings.channels}
-    container.channels.override(providers.Object(channels))
-    await start(container.store)
-    await start(container.actors)
-    app = create_app(container)
-    try:
-        async with app.test_app() as test_app:
-            yield OpsBroker(
-                test_app.test_client(),
-                container,
-                channels,
-                await resolve(container.directory),
-                settings.sqlite_path,
-            )
-    finally:
-        await stop(container.actors)
-        await stop(container.store)
+    async with broker_app(settings, channels) as (http, container):
+        yield OpsBroker(
+            http, container, channels, await resolve(container.directory), settings.sqlite_path
+        )

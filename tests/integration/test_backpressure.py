@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dependency_injector import providers
 
 from broker.app import create_app
 from notefly.config import Settings
-from notefly.containers import Container, resolve, start, stop
+from notefly.containers import Container, resolve, start
 from notefly.domain import Rendered, User
 from notefly.ports import SendResult
+from tests.integration.running import broker_app
 
 
 class StalledChannel:
@@ -37,24 +37,17 @@ class StalledChannel:
 @pytest.fixture
 async def flooded(tmp_path: Path) -> AsyncIterator[tuple[Any, StalledChannel, Path]]:
     settings = Settings(data_dir=tmp_path, max_pending=2, max_fanouts=3, send_timeout_seconds=60)
-    container = Container(settings=settings)
     email = StalledChannel("email")
     channels = {"email": email, "sms": StalledChannel("sms"), "push": StalledChannel("push")}
-    container.channels.override(providers.Object(channels))
-    await start(container.store)
-    await start(container.actors)
-    directory = await resolve(container.directory)
-    for name in ("ann", "ben"):
-        await directory.register(User(id=name, name=name, email=f"{name}@example.org"))
-        await directory.subscribe(name, "finance", ["email"])
-    app = create_app(container)
-    try:
-        async with app.test_app() as test_app:
-            yield test_app.test_client(), email, settings.sqlite_path
-    finally:
-        email.gate.set()
-        await stop(container.actors)
-        await stop(container.store)
+    async with broker_app(settings, channels) as (http, container):
+        directory = await resolve(container.directory)
+        for name in ("ann", "ben"):
+            await directory.register(User(id=name, name=name, email=f"{name}@example.org"))
+            await directory.subscribe(name, "finance", ["email"])
+        try:
+            yield http, email, settings.sqlite_path
+        finally:
+            email.gate.set()  # let stalled sends end before the actors stop
 
 
 async def test_a_flood_gets_429_and_everything_accepted_is_delivered(flooded):
