@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
-        "--only", metavar="NAMES", help="comma-separated: ingest, latency, fanout, scale, digest"
+        "--only",
+        metavar="NAMES",
+        help="comma-separated: ingest, latency, fanout, scale, digest, nodes (1 to 3 broker"
+        " nodes on a PostgreSQL database of their own, made on NOTEFLY_BENCH_POSTGRES_URL,"
+        " by default the local server as user postgres; part of the full run too)",
     )
     parser.add_argument(
         "--workers", type=int, help="Notefly and reference workers (the number of cores)"

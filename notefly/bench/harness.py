@@ -31,6 +31,7 @@ OWN_VARIABLES = (
     "NOTEFLY_CLIENT_PORT",
     "NOTEFLY_WORKERS",
     "NOTEFLY_NODE_ID",
+    "NOTEFLY_BENCH_POSTGRES_URL",  # where the nodes scenario makes its databases
 )
 
 
@@ -45,6 +46,9 @@ class Sizes:
     fanout_subscribers: int = 10_000
     fanout_messages: int = 5
     digest_users: int = 100_000
+    nodes_subscribers: int = 5_000  # PostgreSQL, with 1, 2 and 3 broker nodes
+    nodes_messages: int = 6  # a multiple of 2 and 3: every node accepts as many
+    nodes_ingest: int = 300  # the fixed-count POST /pub burst of each node count
 
 
 FULL = Sizes(
@@ -61,6 +65,8 @@ QUICK = Sizes(
     scale_small=10_000,
     scale_large=100_000,
     digest_users=10_000,
+    nodes_subscribers=1_000,
+    nodes_ingest=150,
 )
 
 
@@ -91,6 +97,7 @@ class Bench:
     wrk: str | None
     say: Callable[[str], None]
     uvloop: bool = False
+    keep: bool = False  # --keep: leave the databases of the run in place
     deadline: float = float("inf")  # time.monotonic() by which the run should be over
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     shared: dict[str, Any] = field(default_factory=dict)

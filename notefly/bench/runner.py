@@ -18,7 +18,7 @@ from typing import Any
 
 from notefly.bench.harness import FULL, QUICK, Bench, Result, server_env, tuning
 from notefly.bench.report import Report, not_measured
-from notefly.bench.scenarios import digest, fanout, ingest, latency, scale
+from notefly.bench.scenarios import digest, fanout, ingest, latency, nodes, scale
 from notefly.bench.wrk import find_wrk
 
 # In this order: latency runs at half the rate ingest measured.
@@ -27,6 +27,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
     "latency": latency,
     "digest": digest,
+    "nodes": nodes,  # PostgreSQL, 1 to 3 broker nodes
     "scale": scale,  # last: its large broadcast gets what is left of the time
 }
 # Seconds the whole run may take; the scale scenario's large broadcast gets what is left.
@@ -46,6 +47,7 @@ def command(args: argparse.Namespace) -> int:
         wrk=find_wrk(),
         say=lambda text: print(text, file=sys.stderr, flush=True),
         uvloop=args.uvloop,
+        keep=args.keep,
         deadline=time.monotonic() + BUDGET[mode],
     )
     started = time.monotonic()
