@@ -17,6 +17,7 @@ log = structlog.get_logger("notefly.channels.log")
 
 class LogChannel:
     provider = "log"
+    immediate = True  # send() waits for nothing: the shards call it without a task each
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -12,10 +12,11 @@ dashboard.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import structlog
 from prometheus_client import (
@@ -30,8 +31,11 @@ from prometheus_client import (
 )
 
 from notefly.activity import Activity, Samples
+from notefly.breaker import CircuitSnapshot
 
 log = structlog.get_logger("notefly.metrics")
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -48,6 +52,10 @@ class Metrics:
     """The metric families of Notefly; see the README's Operations section."""
 
     def __init__(self) -> None:
+        # Labelled children by (family, labels); a dict is safe to share between the
+        # threads that observe: at worst two of them ask prometheus-client for the
+        # same child, and it hands both the same one.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry()
         self.messages_accepted = Counter(
             "notefly_messages_accepted", "Messages committed", ["category"], registry=r
@@ -147,10 +155,19 @@ class Metrics:
         self.category_actors.set(stats.get("category_actors", 0))
         self.shard_restarts.set(stats.get("restarts", 0))
 
+    def child(self, family: M, *labels: str) -> M:
+        """The labelled child of ``family``, from a cache: ``labels()`` takes a lock and
+        checks its arguments on every call, which adds up at a call per delivery."""
+        key = (id(family), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return cast(M, found)
+
     def http_request(
         self, service: str, method: str, route: str, status: int, seconds: float
     ) -> None:
-        self.http_latency.labels(service, method, route, str(status)).observe(seconds)
+        self.child(self.http_latency, service, method, route, str(status)).observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every metric, with its content type."""
@@ -203,16 +220,24 @@ class PrometheusObserver:
             window_seconds=window_seconds,
         )
 
-    def register_provider(self, channel: str, provider: str) -> None:
+    def register_provider(self, channel: str, provider: str, breaker: str = "closed") -> None:
         """Make a configured provider known before it sends anything."""
         self.activity.register(channel, provider)
-        self.metrics.set_breaker(channel, provider)
+        self.metrics.set_breaker(channel, provider, breaker)
+
+    def breaker_changed(self, circuit: CircuitSnapshot) -> None:
+        """A provider's circuit breaker changed state (``notefly.breaker``)."""
+        try:
+            self.metrics.set_breaker(circuit.channel, circuit.provider, circuit.state)
+        except Exception:
+            log.exception("metrics.error", hook="breaker_changed")
 
     # -- the Observer port ------------------------------------------------------------
 
     def message_accepted(self, category: str) -> None:
         try:
-            self.metrics.messages_accepted.labels(category).inc()
+            m = self.metrics
+            m.child(m.messages_accepted, category).inc()
         except Exception:  # the port says never raise
             log.exception("metrics.error", hook="message_accepted")
 
@@ -227,19 +252,61 @@ class PrometheusObserver:
         try:
             name = provider or UNKNOWN
             m = self.metrics
-            m.deliveries.labels(channel, name, status).inc()
+            m.child(m.deliveries, channel, name, status).inc()
             if latency_seconds is not None:
-                m.provider_latency.labels(channel, name).observe(latency_seconds)
+                m.child(m.provider_latency, channel, name).observe(latency_seconds)
             if status == "failed":
-                m.dead_letters.labels(channel, name).inc()
+                m.child(m.dead_letters, channel, name).inc()
         except Exception:
             log.exception("metrics.error", hook="delivery_finished")
 
+    def deliveries_finished(
+        self,
+        channel: str,
+        provider: str | None,
+        counts: Mapping[str, int],
+        latencies: Sequence[float],
+    ) -> None:
+        try:
+            name = provider or UNKNOWN
+            m = self.metrics
+            for status, count in counts.items():
+                m.child(m.deliveries, channel, name, status).inc(count)
+                if status == "failed":
+                    m.child(m.dead_letters, channel, name).inc(count)
+            if latencies:
+                observe_all(m.child(m.provider_latency, channel, name), latencies)
+        except Exception:
+            log.exception("metrics.error", hook="deliveries_finished")
+
     def delivery_retried(self, channel: str, provider: str | None, attempt: int) -> None:
         try:
-            self.metrics.retries.labels(channel, provider or UNKNOWN).inc()
+            m = self.metrics
+            m.child(m.retries, channel, provider or UNKNOWN).inc()
         except Exception:
             log.exception("metrics.error", hook="delivery_retried")
+
+
+def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe`` for each amount, with one write per bucket and one for the
+    sum instead of two per amount (each a lock, and a file write in multiprocess mode).
+    Falls back to observing one by one on a prometheus-client whose histogram children
+    look different."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    per_bucket: dict[int, int] = {}
+    for amount in amounts:
+        # The first bound >= amount, as observe() picks it (the last bound is +Inf).
+        i = bisect.bisect_left(bounds, amount)
+        per_bucket[i] = per_bucket.get(i, 0) + 1
+    total.inc(sum(amounts))
+    for i, count in per_bucket.items():
+        buckets[i].inc(count)
 
 
 def prepare_multiprocess_dir(path: Path) -> Path:

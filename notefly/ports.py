@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from notefly.auth import ApiKey
 from notefly.domain import (
     Category,
     Delivery,
@@ -50,7 +51,10 @@ class Renderer(Protocol):
 class Channel(Protocol):
     """A channel provider: hands one rendered notification to the outside world.
 
-    Raises ``TransientChannelError`` or ``PermanentChannelError`` on failure.
+    Raises ``TransientChannelError`` or ``PermanentChannelError`` on failure. A provider
+    whose ``send`` never waits for anything (it returns without suspending) may say so
+    with a class attribute ``immediate = True``: the shards then call it in turn rather
+    than concurrently, without a task and a timeout per delivery.
     """
 
     name: str  # the channel: "sms", "email", ...
@@ -79,6 +83,17 @@ class Observer(Protocol):
 
     def delivery_retried(self, channel: str, provider: str | None, attempt: int) -> None: ...
 
+    def deliveries_finished(
+        self,
+        channel: str,
+        provider: str | None,
+        counts: Mapping[str, int],
+        latencies: Sequence[float],
+    ) -> None:
+        """Several deliveries at once (a shard's round): how many reached each final
+        status, and the provider latencies of those the provider was called for."""
+        ...
+
 
 class NullObserver:
     """The observer when nobody listens."""
@@ -97,6 +112,15 @@ class NullObserver:
         pass
 
     def delivery_retried(self, channel: str, provider: str | None, attempt: int) -> None:
+        pass
+
+    def deliveries_finished(
+        self,
+        channel: str,
+        provider: str | None,
+        counts: Mapping[str, int],
+        latencies: Sequence[float],
+    ) -> None:
         pass
 
 
@@ -179,3 +203,12 @@ class Store(Protocol):
     ) -> list[Notification]: ...
     async def mark_read(self, user_id: str, notification_id: str) -> Notification: ...
     async def mark_all_read(self, user_id: str) -> int: ...
+
+    # access control: API keys and user tokens, stored as hashes (notefly.auth)
+    async def add_api_key(self, key: ApiKey) -> ApiKey: ...
+    async def list_api_keys(self) -> list[ApiKey]: ...
+    async def revoke_api_key(self, key_id: str) -> ApiKey: ...
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey: ...
+    async def active_api_keys(self) -> int: ...
+    async def set_user_token(self, user_id: str, token_hash: str) -> None: ...
+    async def user_by_token(self, token_hash: str) -> str: ...

@@ -8,6 +8,7 @@ so that the process exits within a few seconds and nothing accepted is lost.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from notefly import demo
+from notefly.auth import ensure_safe_binding
 from notefly.containers import Container, resolve, start, stop
 from notefly.plugins import load_app_factory
 
@@ -57,11 +59,21 @@ async def run(
 ) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        # When shutdown began: the servers stop reading new requests right after it.
+        if not shutdown.is_set():
+            log.info("notefly.shutdown", signal=sig.name)
+        shutdown.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     with_broker = any(s.name == "broker" for s in services)
     await start(container.store)
     try:
+        # Open mode (no keys) only on loopback: refuse before anything listens.
+        store = await resolve(container.store)
+        await ensure_safe_binding(store, container.settings(), [s.host for s in services])
         if with_broker:
             await start(container.actors)
         apps: list[tuple[Service, Any]] = [
@@ -77,6 +89,7 @@ async def run(
             )
             for s, app in apps
         ]
+        tune_gc()
         log.info("notefly.ready", **{s.name: s.url for s in services})
         if seed_demo:
             await _seed(container, publish=with_broker)
@@ -87,6 +100,20 @@ async def run(
             await stop(container.actors)
         await stop(container.store)
         log.info("notefly.stopped")
+
+
+# Young collections every 50k allocations instead of 700: a fan-out allocates a few
+# objects per delivery, and each collection walks what is young.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Once started: what exists now (modules, templates, the container) lives as long
+    as the process, so it leaves the collector's view (``gc.freeze``) and full
+    collections no longer walk it; they took 170-340 ms at a time under load."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _seed(container: Container, *, publish: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import structlog
 from notefly.actors.bridge import LoopBridge
 from notefly.actors.messages import Deliver, Resume, RoundDone, Sweep
 from notefly.domain import ADDRESS_FIELDS, DeliveryStatus, DeliveryTask, Outcome, Rendered
-from notefly.errors import PermanentChannelError, TransientChannelError
+from notefly.errors import CircuitOpen, PermanentChannelError, TransientChannelError
 from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
 
 log = structlog.get_logger("notefly.actors.shard")
@@ -86,6 +87,8 @@ class ChannelShard(pykka.ThreadingActor):
         self._rng = rng or random.Random()
         self._observer = observer or NullObserver()
         self._on_settled = on_settled
+        self._immediate = sends_immediately(channel)
+        self._debug = False  # whether debug events are logged; read at each round
         self.entities: dict[str, Entity] = {}
         self._ready: deque[Entity] = deque()
         self._rounds_in_flight = 0
@@ -198,7 +201,18 @@ class ChannelShard(pykka.ThreadingActor):
     async def _send_round(
         self, batch: list[tuple[DeliveryTask, Rendered | Exception]]
     ) -> list[Outcome]:
-        outcomes = await asyncio.gather(*(self._send_one(task, r) for task, r in batch))
+        tally = _Tally()
+        self._debug = log.is_enabled_for(logging.DEBUG)  # the same for every round
+        if self._immediate:
+            # The provider never waits: one after the other in this task costs far less
+            # than a task per delivery, and ends as soon.
+            bind = log.is_enabled_for(logging.INFO)  # its records are info events
+            outcomes = [await self._send_one(task, r, tally, bind=bind) for task, r in batch]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._send_one(task, r, tally, bind=True) for task, r in batch)
+            )
+        tally.report(self._observer, self.channel.name)
         await self._record(outcomes)
         return outcomes
 
@@ -228,42 +242,61 @@ class ChannelShard(pykka.ThreadingActor):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _send_one(self, task: DeliveryTask, rendered: Rendered | Exception) -> Outcome:
+    async def _send_one(
+        self, task: DeliveryTask, rendered: Rendered | Exception, tally: _Tally, *, bind: bool
+    ) -> Outcome:
         started = self._monotonic()
-        outcome = await self._attempt(task, rendered)
+        outcome = await self._attempt(task, rendered, bind=bind)
         latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
         if outcome.status is DeliveryStatus.QUEUED:
             # Decide the wait now, so the store keeps it (not_before) for whichever node
             # retries after this one.
             outcome = replace(outcome, retry_after=self._retry_delay(outcome), at=self._clock.now())
-            self._observer.delivery_retried(task.channel, outcome.provider, outcome.attempts)
+            if outcome.attempts > task.attempts:  # not when a circuit breaker held it back
+                self._observer.delivery_retried(task.channel, outcome.provider, outcome.attempts)
         else:
-            self._observer.delivery_finished(
-                task.channel, outcome.provider, outcome.status.value, outcome.attempts, latency
-            )
+            tally.finished(outcome.provider, outcome.status.value, latency)
         return outcome
 
-    async def _attempt(self, task: DeliveryTask, rendered: Rendered | Exception) -> Outcome:
-        structlog.contextvars.bind_contextvars(
-            message_id=task.message.id,
-            delivery_id=task.id,
-            user=task.recipient.user_id,
-            channel=task.channel,
-        )
+    async def _attempt(
+        self, task: DeliveryTask, rendered: Rendered | Exception, *, bind: bool
+    ) -> Outcome:
+        # Every event about a delivery names it. Without ``bind`` (a provider that logs
+        # nothing at the configured level), only the paths that do log bind.
+        if bind:
+            _bind(task)
         attempt = task.attempts + 1
         if isinstance(rendered, Exception):
+            _bind(task)
             return self._failed(task, attempt, rendered)
         started = self._monotonic()
         try:
-            try:
-                async with asyncio.timeout(self._settings.send_timeout_seconds):
-                    result = await self.channel.send(rendered, delivery_id=task.id)
-            except TimeoutError:
-                # A provider that never answers must not hold its whole round.
-                raise TransientChannelError(
-                    f"the provider did not answer within {self._settings.send_timeout_seconds}s"
-                ) from None
+            if self._immediate:
+                result = await self.channel.send(rendered, delivery_id=task.id)
+            else:
+                try:
+                    async with asyncio.timeout(self._settings.send_timeout_seconds):
+                        result = await self.channel.send(rendered, delivery_id=task.id)
+                except TimeoutError:
+                    # A provider that never answers must not hold its whole round.
+                    raise TransientChannelError(
+                        f"the provider did not answer within {self._settings.send_timeout_seconds}s"
+                    ) from None
+        except CircuitOpen as exc:
+            # Not sent, so not an attempt: the delivery waits out the cool-down.
+            _bind(task)
+            log.debug("delivery.held", error=exc.message, retry_after=exc.retry_after)
+            return Outcome(
+                task.id,
+                DeliveryStatus.QUEUED,
+                task.attempts,
+                self.channel.provider,
+                error=exc.message,
+                recipient=rendered.to,
+                retry_after=exc.retry_after,
+            )
         except TransientChannelError as exc:
+            _bind(task)
             if attempt < self._settings.max_attempts:
                 log.warning("delivery.retry", attempt=attempt, error=exc.message)
                 return Outcome(
@@ -277,9 +310,13 @@ class ChannelShard(pykka.ThreadingActor):
                 )
             return self._failed(task, attempt, exc, rendered)
         except Exception as exc:
+            _bind(task)
             return self._failed(task, attempt, exc, rendered)
-        latency_ms = round((self._monotonic() - started) * 1000, 3)
-        log.debug("delivery.sent", provider=result.provider, latency_ms=latency_ms, attempt=attempt)
+        if self._debug:
+            latency_ms = round((self._monotonic() - started) * 1000, 3)
+            log.debug(
+                "delivery.sent", provider=result.provider, latency_ms=latency_ms, attempt=attempt
+            )
         return Outcome(
             task.id,
             DeliveryStatus.SENT,
@@ -320,3 +357,48 @@ class ChannelShard(pykka.ThreadingActor):
         """Exponential backoff with full jitter."""
         cap = self._settings.retry_base_seconds * (2 ** min(attempt - 1, 10))
         return self._rng.uniform(0, cap)
+
+
+def sends_immediately(channel: Channel) -> bool:
+    """Whether the provider declares that its ``send`` never waits (``immediate =
+    True``, the log providers): it records and returns without suspending, so a round
+    calls it in turn, without a task or a timeout per delivery. A channel that wraps
+    another (``inner``, the circuit breaker) and waits for nothing else of its own
+    keeps the promise of what it wraps."""
+    inner = getattr(channel, "inner", None)
+    return bool(getattr(channel, "immediate", False)) or (
+        inner is not None and bool(getattr(inner, "immediate", False))
+    )
+
+
+def _bind(task: DeliveryTask) -> None:
+    structlog.contextvars.bind_contextvars(
+        message_id=task.message.id,
+        delivery_id=task.id,
+        user=task.recipient.user_id,
+        channel=task.channel,
+    )
+
+
+class _Tally:
+    """A round's final outcomes, counted for the observer: once per round and provider
+    rather than once per delivery."""
+
+    __slots__ = ("counts", "latencies")
+
+    def __init__(self) -> None:
+        self.counts: dict[str | None, dict[str, int]] = {}
+        self.latencies: dict[str | None, list[float]] = {}
+
+    def finished(self, provider: str | None, status: str, latency: float | None) -> None:
+        counts = self.counts.get(provider)
+        if counts is None:
+            counts = self.counts[provider] = {}
+            self.latencies[provider] = []
+        counts[status] = counts.get(status, 0) + 1
+        if latency is not None:
+            self.latencies[provider].append(latency)
+
+    def report(self, observer: Observer, channel: str) -> None:
+        for provider, counts in self.counts.items():
+            observer.deliveries_finished(channel, provider, counts, self.latencies[provider])

@@ -23,7 +23,7 @@ from notefly.domain import (
     User,
     delivery_id,
 )
-from notefly.policy import plan_delivery
+from notefly.policy import AT_ONCE, plan_delivery
 from notefly.schedule import QuietHours, Schedule, Throttle
 
 
@@ -73,10 +73,19 @@ def plan_page(
     """``recent``: each (user, channel)'s immediate deliveries within its throttle's
     period; counted up as this page sends more."""
     plan = PagePlan()
+    # A page holds a handful of distinct schedules and quiet hours: decode each once.
+    schedules: dict[str, Schedule] = {}
+    quiets: dict[str, QuietHours] = {}
     for sub in subscribers:
         user = sub.user
-        schedule = Schedule.decode(sub.schedule)
-        quiet = QuietHours.decode(sub.quiet_hours) if sub.quiet_hours else None
+        schedule = schedules.get(sub.schedule)
+        if schedule is None:
+            schedule = schedules[sub.schedule] = Schedule.decode(sub.schedule)
+        quiet = None
+        if sub.quiet_hours:
+            quiet = quiets.get(sub.quiet_hours)
+            if quiet is None:
+                quiet = quiets[sub.quiet_hours] = QuietHours.decode(sub.quiet_hours)
         collected = not schedule.immediate and message.priority is not Priority.URGENT
         plan.via.append("digest" if collected else None)
         for channel in sub.channels:
@@ -87,13 +96,16 @@ def plan_page(
                 reason = f"channel {channel!r} is not enabled on this broker"
             elif needs_address(channel) and not address:
                 reason = f"user has no {ADDRESS_NAMES[channel]}"
-            when = plan_delivery(
-                message, schedule, zone=user.timezone, quiet=quiet,
-                throttle=throttles.get(channel), sent_recently=recent[(user.id, channel)],
-                now=now,
-            )  # fmt: skip
+            throttle = throttles.get(channel)
+            if schedule.immediate and quiet is None and throttle is None:
+                when = AT_ONCE  # what plan_delivery decides then, for most of an audience
+            else:
+                when = plan_delivery(
+                    message, schedule, zone=user.timezone, quiet=quiet, throttle=throttle,
+                    sent_recently=recent[(user.id, channel)], now=now,
+                )  # fmt: skip
             sends_now = reason is None and when.now
-            if sends_now:
+            if sends_now and throttle is not None:  # only a throttle reads the count
                 recent[(user.id, channel)] += 1
             plan.deliveries.append(
                 PlannedDelivery(

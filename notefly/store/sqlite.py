@@ -29,7 +29,6 @@ from notefly.domain import (
     Message,
     Notification,
     Outcome,
-    Priority,
     Recipient,
     Subscription,
     User,
@@ -41,10 +40,20 @@ from notefly.ports import Clock, DeliveryCounts, FanoutPage
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.migrations import migrate_sqlite
-from notefly.store.rows import DELIVERY_COLUMNS, delivery
+from notefly.store.rows import (
+    DELIVERY_COLUMNS,
+    NOTIFICATION_COLUMNS,
+    USER_COLUMNS,
+    delivery,
+    notification_row,
+    user_row,
+)
 from notefly.store.sqlite_addresses import SqliteAddressBook, registered_in_page
+from notefly.store.sqlite_deadletters import SqliteDeadLetters
 from notefly.store.sqlite_feed import SqliteInboxFeed
+from notefly.store.sqlite_keys import SqliteKeys
 from notefly.store.sqlite_ops import SqliteOpsMixin
+from notefly.store.sqlite_personal import SqlitePersonalData
 from notefly.store.sqlite_reads import read_all
 from notefly.store.sqlite_rows import (
     _MESSAGE_COLUMNS,
@@ -57,46 +66,18 @@ from notefly.store.sqlite_rows import (
 )
 from notefly.store.writer import GroupCommitWriter
 
-
-def _user(row: Sequence[Any]) -> User:
-    return User(
-        id=row[0],
-        name=row[1],
-        email=row[2],
-        phone=row[3],
-        push_token=row[4],
-        timezone=row[5],
-        created_at=_dt(row[6]),
-        quiet_hours=row[7],
-    )
-
-
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
-
-_USER_COLUMNS = "id, name, email, phone, push_token, timezone, created_at, quiet_hours"
-
-
-def _notification(row: Sequence[Any]) -> Notification:
-    return Notification(
-        id=row[0],
-        user_id=row[1],
-        message_id=row[2],
-        category_id=row[3],
-        title=row[4],
-        body=row[5],
-        priority=Priority(row[6]),
-        created_at=datetime.fromisoformat(row[7]),
-        read_at=_dt(row[8]),
-        via=row[9],
-    )
+CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
 
 
-_NOTIFICATION_COLUMNS = (
-    "id, user_id, message_id, category_id, title, body, priority, created_at, read_at, via"
-)
-
-
-class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
+class SqliteStore(
+    SqliteAddressBook,
+    SqliteInboxFeed,
+    SqliteOpsMixin,
+    SqliteDeadLetters,
+    SqlitePersonalData,
+    SqliteKeys,
+):
     """The ``Store`` port on one SQLite file."""
 
     def __init__(
@@ -106,6 +87,9 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         self._reader = reader
         self._clock = clock
         self.writer = GroupCommitWriter(writer_conn)
+        # Categories are never changed nor removed once added: every publish looks its
+        # category up, and a known one needs no trip to the reader thread.
+        self._known_categories: dict[str, Category] = {}
 
     @classmethod
     async def open(cls, path: Path, clock: Clock, *, migrate: bool = True) -> SqliteStore:
@@ -156,12 +140,16 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         return [Category(*row) for row in rows]
 
     async def get_category(self, category_id: str) -> Category:
+        known = self._known_categories.get(category_id)
+        if known is not None:
+            return known
         row = await self._one(
             "SELECT id, name, description FROM categories WHERE id = ?", (category_id,)
         )
-        if row is None:
+        if row is None:  # not remembered: it may be added later, by any process
             raise NotFound(f"no category {category_id!r}", code="category_not_found")
-        return Category(*row)
+        category = self._known_categories[category_id] = Category(*row)
+        return category
 
     async def add_category(self, category: Category) -> Category:
         async def op(conn: aiosqlite.Connection) -> None:
@@ -188,7 +176,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             if await exists.fetchone() is not None:
                 raise Conflict(f"user {user.id!r} exists already", code="user_exists")
             await conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}, updated_at)"
+                f"INSERT INTO users ({USER_COLUMNS}, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     user.id,
@@ -207,16 +195,16 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         return user
 
     async def get_user(self, user_id: str) -> User:
-        row = await self._one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        row = await self._one(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
         if row is None:
             raise NotFound(f"no user {user_id!r}", code="user_not_found")
-        return _user(row)
+        return user_row(row, _dt)
 
     async def list_users(self, limit: int = 100) -> list[User]:
         rows = await self._all(
-            f"SELECT {_USER_COLUMNS} FROM users ORDER BY name, id LIMIT ?", (limit,)
+            f"SELECT {USER_COLUMNS} FROM users ORDER BY name, id LIMIT ?", (limit,)
         )
-        return [_user(row) for row in rows]
+        return [user_row(row, _dt) for row in rows]
 
     async def update_user(self, user: User) -> User:
         async def op(conn: aiosqlite.Connection) -> None:
@@ -245,9 +233,18 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             cursor = await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
             if cursor.rowcount == 0:
                 raise NotFound(f"no user {user_id!r}", code="user_not_found")
-            # Subscriptions go by cascade; inbox and delivery rows hold personal data too.
+            # Subscriptions and endpoints go by cascade; inbox, delivery and digest rows
+            # hold personal data too (tests/contract/test_erasure_contract.py scans all).
             await conn.execute("DELETE FROM inbox WHERE user_id = ?", (user_id,))
             await conn.execute("DELETE FROM deliveries WHERE user_id = ?", (user_id,))
+            await conn.execute("DELETE FROM digests WHERE user_id = ?", (user_id,))
+            # A fan-out's cursor is the last user id of its page: step it back to the
+            # user before (the next page is the same, since that one is gone).
+            await conn.execute(
+                "UPDATE messages SET fanout_cursor = (SELECT max(id) FROM users WHERE id < ?)"
+                " WHERE fanout_cursor = ?",
+                (user_id, user_id),
+            )
 
         await self.writer.run(op)
 
@@ -327,11 +324,11 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         was created now.
         """
 
-        async def op(conn: aiosqlite.Connection) -> tuple[Message, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[Message, bool]:
             if message.idempotency_key is not None:
                 # A key is one message for 24 hours; after that it is free again. The old
                 # message keeps its key with its own id appended, for the record.
-                await conn.execute(
+                conn.execute(
                     "UPDATE messages SET idempotency_key = idempotency_key || '#' || id"
                     " WHERE idempotency_key = ? AND accepted_at < ?",
                     (
@@ -339,7 +336,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                         (message.accepted_at - IDEMPOTENCY_WINDOW).isoformat(),
                     ),
                 )
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO messages (id, category_id, title, body, data, priority,"
                 " idempotency_key, accepted_at, fanout_owner, deliver_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -359,15 +356,15 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             )
             if cursor.rowcount == 1:
                 return message, True
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.idempotency_key = ?",
                 (message.idempotency_key,),
             )
-            row = await cursor.fetchone()
+            row = cursor.fetchone()
             assert row is not None  # the conflict says it is there
             return _message(row), False
 
-        return await self.writer.run(op)
+        return await self.writer.run_sync(op)
 
     async def get_message(self, message_id: str) -> Message:
         row = await self._one(
@@ -418,17 +415,17 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         enabled = set(channels)
         throttles = throttles or {}
 
-        async def op(conn: aiosqlite.Connection) -> FanoutPage:
-            cursor = await conn.execute(
+        def op(conn: sqlite3.Connection) -> FanoutPage:
+            cursor = conn.execute(
                 "SELECT s.user_id, s.channels, u.name, u.email, u.phone, u.push_token,"
                 " u.timezone, s.schedule, u.quiet_hours"
                 " FROM subscriptions s JOIN users u ON u.id = s.user_id"
                 " WHERE s.category_id = ? AND s.user_id > ? ORDER BY s.user_id LIMIT ?",
                 (message.category_id, after_user or "", limit),
             )
-            rows = list(await cursor.fetchall())
+            rows = list(cursor.fetchall())
             registered = (
-                await registered_in_page(conn, message.category_id, after_user, rows[-1][0])
+                registered_in_page(conn, message.category_id, after_user, rows[-1][0])
                 if rows
                 else {}
             )
@@ -446,7 +443,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                 owner=owner,
                 throttles=throttles,
                 registered=registered,
-                recent=await _recent_counts(conn, rows, throttles, clock_now),
+                recent=_recent_counts(conn, rows, throttles, clock_now),
                 now=clock_now,
             )
             delivery_rows = [
@@ -461,26 +458,26 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                  via)
                 for r, via in zip(rows, plan.via, strict=True)
             ]  # fmt: skip
-            await conn.executemany(
+            conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
                 " recipient, error, created_at, owner, mode, not_before, note, updated_at)"
                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?8)",
                 delivery_rows,
             )
-            await conn.executemany(
+            conn.executemany(
                 "INSERT OR IGNORE INTO inbox (id, user_id, message_id, category_id, title, body,"
                 " priority, created_at, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inbox_rows,
             )
             done = len(rows) < limit
             last = rows[-1][0] if rows else after_user
-            await conn.execute(
+            conn.execute(
                 "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
                 (last, int(done), message.id),
             )
             return FanoutPage(plan.tasks, plan.skipped, last, done)
 
-        return await self.writer.run(op)
+        return await self.writer.run_sync(op)
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record attempts. A final outcome frees the delivery of its owner; a queued one
@@ -515,8 +512,8 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         digests = [r for r in rows if r[-1].startswith(DIGEST_PREFIX)]
         singles = [r for r in rows if not r[-1].startswith(DIGEST_PREFIX)] if digests else rows
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
                 "UPDATE deliveries SET status = ?, attempts = ?, provider = ?,"
                 " provider_message_id = ?, recipient = coalesce(?, recipient),"
                 " subject = ?, text = ?, error = ?, updated_at = ?, sent_at = ?,"
@@ -524,85 +521,88 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                 singles,
             )
             if digests:
-                await _record_digests(conn, digests)
+                _record_digests(conn, digests)
 
-        await self.writer.run(op)
+        await self.writer.run_sync(op)
 
     # -- work distribution ------------------------------------------------------------
 
     async def heartbeat(self, node_id: str) -> None:
         now = self._now()
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO nodes (id, started_at, heartbeat_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
                 (node_id, now, now),
             )
 
-        await self.writer.run(op)
+        await self.writer.run_sync(op)
 
     async def release(self, node_id: str) -> None:
-        await self.writer.run(lambda conn: _release(conn, [node_id]))
+        await self.writer.run_sync(lambda conn: _release(conn, [node_id]))
 
     async def release_dead(self, silent_since: datetime) -> list[str]:
-        async def op(conn: aiosqlite.Connection) -> list[str]:
-            cursor = await conn.execute(
+        def op(conn: sqlite3.Connection) -> list[str]:
+            cursor = conn.execute(
                 "SELECT id FROM nodes WHERE heartbeat_at < ?", (silent_since.isoformat(),)
             )
-            dead = [row[0] for row in await cursor.fetchall()]
+            dead = [row[0] for row in cursor.fetchall()]
             if dead:
-                await _release(conn, dead)
+                _release(conn, dead)
             # Work can also name an owner with no heartbeat row at all (declared dead
             # while it still ran, then gone): hand that back too.
             # Owners first, then the living: a node that starts in between is living.
-            owners = await _owners(conn)
-            cursor = await conn.execute("SELECT id FROM nodes")
-            live = {row[0] for row in await cursor.fetchall()}
+            owners = _owners(conn)
+            cursor = conn.execute("SELECT id FROM nodes")
+            live = {row[0] for row in cursor.fetchall()}
             orphaned = sorted(o for o in owners if o not in live)
             if orphaned:
-                await _release(conn, orphaned)
+                _release(conn, orphaned)
             return dead + orphaned
 
-        return await self.writer.run(op)
+        return await self.writer.run_sync(op)
 
     async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]:
         # The writer runs one operation at a time, so select-then-update cannot race
         # with another claim in this process; other processes wait on the write lock.
-        async def op(conn: aiosqlite.Connection) -> list[tuple[Message, str | None]]:
-            cursor = await conn.execute(
+        def op(conn: sqlite3.Connection) -> list[tuple[Message, str | None]]:
+            cursor = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS}, m.fanout_cursor FROM messages m"
                 " WHERE m.fanout_done = 0 AND m.fanout_owner IS NULL"
                 " AND (m.deliver_at IS NULL OR m.deliver_at <= ?)"
                 " ORDER BY m.accepted_at LIMIT ?",
                 (self._now(), limit),
             )
-            rows = list(await cursor.fetchall())
-            await conn.executemany(
+            rows = list(cursor.fetchall())
+            conn.executemany(
                 "UPDATE messages SET fanout_owner = ? WHERE id = ?",
                 [(node_id, row[0]) for row in rows],
             )
             return [(_message(row), row[8]) for row in rows]
 
-        return await self.writer.run(op)
+        return await self.writer.run_sync(op)
 
     async def claim_deliveries(self, node_id: str, limit: int) -> list[DeliveryTask]:
         now = self._now()
 
-        async def op(conn: aiosqlite.Connection) -> list[DeliveryTask]:
-            cursor = await conn.execute(
-                f"{_TASK_QUERY} WHERE d.status = 'queued' AND d.owner IS NULL"
-                " AND d.mode = 'immediate' AND (d.not_before IS NULL OR d.not_before <= ?)"
-                " ORDER BY d.id LIMIT ?",
+        def op(conn: sqlite3.Connection) -> list[DeliveryTask]:
+            # Along the index of what is claimable: a digest slot collects many queued,
+            # unowned deliveries that only a digest claim takes.
+            cursor = conn.execute(
+                f"{_TASK_QUERY} WHERE d.id IN (SELECT id FROM deliveries"
+                " INDEXED BY deliveries_claimable WHERE status = 'queued' AND owner IS NULL"
+                " AND mode = 'immediate' AND (not_before IS NULL OR not_before <= ?)"
+                " ORDER BY id LIMIT ?) ORDER BY d.id",
                 (now, limit),
             )
-            rows = list(await cursor.fetchall())
-            await conn.executemany(
+            rows = list(cursor.fetchall())
+            conn.executemany(
                 "UPDATE deliveries SET owner = ? WHERE id = ?", [(node_id, r[0]) for r in rows]
             )
             return _tasks(rows)
 
-        return await self.writer.run(op)
+        return await self.writer.run_sync(op)
 
     async def claim_digests(self, node_id: str, limit: int) -> list[DeliveryTask]:
         """Claim due digests: ones waiting for a node (a retry, a dead node's), and new
@@ -611,31 +611,41 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         while no node was running."""
         now = self._now()
 
-        async def op(conn: aiosqlite.Connection) -> list[DeliveryTask]:
-            cursor = await conn.execute(
+        def op(conn: sqlite3.Connection) -> list[DeliveryTask]:
+            cursor = conn.execute(
                 "SELECT id FROM digests WHERE status = 'queued' AND owner IS NULL"
                 " AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?",
                 (now, limit),
             )
-            ids = [row[0] for row in await cursor.fetchall()]
-            await conn.executemany(
+            ids = [row[0] for row in cursor.fetchall()]
+            conn.executemany(
                 "UPDATE digests SET owner = ? WHERE id = ?", [(node_id, i) for i in ids]
             )
-            cursor = await conn.execute(
-                "SELECT user_id, channel, min(id), count(*) FROM deliveries"
+            # The first (user, channel) pairs found along the index of what is collected
+            # and unclaimed: a GROUP BY over every delivery would walk past all that
+            # earlier claims took, batch after batch (quadratic in a big slot).
+            cursor = conn.execute(
+                "SELECT DISTINCT user_id, channel FROM deliveries"
+                " INDEXED BY deliveries_collected"
                 " WHERE mode = 'digest' AND status = 'queued' AND digest_id IS NULL"
-                " AND not_before <= ? GROUP BY user_id, channel LIMIT ?",
+                " AND not_before <= ? LIMIT ?",
                 (now, limit - len(ids)),
             )
-            for user_id, channel, first, count in await cursor.fetchall():
+            for user_id, channel in cursor.fetchall():
+                first, count = conn.execute(
+                    "SELECT min(id), count(*) FROM deliveries WHERE user_id = ? AND channel = ?"
+                    " AND mode = 'digest' AND status = 'queued' AND digest_id IS NULL"
+                    " AND not_before <= ?",
+                    (user_id, channel, now),
+                ).fetchone()
                 gid = digest_id(user_id, channel, first)
-                await conn.execute(
+                conn.execute(
                     "UPDATE deliveries SET digest_id = ?, owner = ? WHERE user_id = ?"
                     " AND channel = ? AND mode = 'digest' AND status = 'queued'"
                     " AND digest_id IS NULL AND not_before <= ?",
                     (gid, node_id, user_id, channel, now),
                 )
-                await conn.execute(
+                conn.execute(
                     "INSERT INTO digests (id, user_id, channel, status, owner, items,"
                     " created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,"
@@ -643,9 +653,10 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                     (gid, user_id, channel, node_id, count, now, now),
                 )
                 ids.append(gid)
-            return [await _digest_task(conn, gid) for gid in ids]
+            messages: dict[str, Message] = {}
+            return [_digest_task(conn, gid, messages) for gid in ids]
 
-        return await self.writer.run(op)
+        return await self.writer.run_sync(op)
 
     async def reschedule_collected(
         self, user_id: str, category_id: str, not_before: datetime
@@ -688,7 +699,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
         self, user_id: str, *, unread_only: bool, limit: int, before: str | None
     ) -> list[Notification]:
         await self.get_user(user_id)
-        sql = f"SELECT {_NOTIFICATION_COLUMNS} FROM inbox WHERE user_id = ?"
+        sql = f"SELECT {NOTIFICATION_COLUMNS} FROM inbox WHERE user_id = ?"
         params: list[Any] = [user_id]
         if unread_only:
             sql += " AND read_at IS NULL"
@@ -702,7 +713,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
             params.append(row[0])
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(limit)
-        return [_notification(row) for row in await self._all(sql, params)]
+        return [notification_row(row, _dt) for row in await self._all(sql, params)]
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         now = self._now()
@@ -713,7 +724,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                 (now, notification_id, user_id),
             )
             cursor = await conn.execute(
-                f"SELECT {_NOTIFICATION_COLUMNS} FROM inbox WHERE id = ? AND user_id = ?",
+                f"SELECT {NOTIFICATION_COLUMNS} FROM inbox WHERE id = ? AND user_id = ?",
                 (notification_id, user_id),
             )
             row = await cursor.fetchone()
@@ -721,7 +732,7 @@ class SqliteStore(SqliteAddressBook, SqliteInboxFeed, SqliteOpsMixin):
                 raise NotFound(
                     f"no notification {notification_id!r}", code="notification_not_found"
                 )
-            return _notification(row)
+            return notification_row(row, _dt)
 
         return await self.writer.run(op)
 
@@ -746,8 +757,8 @@ def _subscriber(row: Sequence[Any]) -> Subscriber:
     return Subscriber(user, row[1].split(","), row[7], row[8])
 
 
-async def _recent_counts(
-    conn: aiosqlite.Connection,
+def _recent_counts(
+    conn: sqlite3.Connection,
     rows: Sequence[Sequence[Any]],
     throttles: Mapping[str, Throttle],
     now: datetime,
@@ -759,13 +770,13 @@ async def _recent_counts(
     for channel, throttle in throttles.items():
         for start in range(0, len(users), 500):
             chunk = users[start : start + 500]
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "SELECT user_id, count(*) FROM deliveries WHERE channel = ? AND mode = 'immediate'"
                 f" AND status IN ('queued', 'sent') AND created_at >= ?"
                 f" AND user_id IN ({', '.join('?' * len(chunk))}) GROUP BY user_id",
                 (channel, (now - throttle.period).isoformat(), *chunk),
             )
-            for user_id, count in await cursor.fetchall():
+            for user_id, count in cursor.fetchall():
                 counts[(user_id, channel)] = count
     return counts
 
@@ -773,35 +784,40 @@ async def _recent_counts(
 DIGEST_PREFIX = "g_"
 
 
-async def _digest_task(conn: aiosqlite.Connection, gid: str) -> DeliveryTask:
-    cursor = await conn.execute(
+def _digest_task(
+    conn: sqlite3.Connection, gid: str, messages: dict[str, Message] | None = None
+) -> DeliveryTask:
+    """``messages``: those already read in this claim, by id (the digests of one slot
+    mostly carry the same few messages; each is decoded once)."""
+    known = {} if messages is None else messages
+    cursor = conn.execute(
         "SELECT g.user_id, g.channel, g.attempts, u.name, u.email, u.phone, u.push_token,"
         " u.timezone FROM digests g LEFT JOIN users u ON u.id = g.user_id WHERE g.id = ?",
         (gid,),
     )
-    row = await cursor.fetchone()
+    row = cursor.fetchone()
     assert row is not None
     user_id, channel, attempts, name, email, phone, push_token, tz = row
-    cursor = await conn.execute(
+    cursor = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"
         " WHERE d.digest_id = ? ORDER BY m.accepted_at DESC, m.id DESC",
         (gid,),
     )
-    items = tuple(_message(r) for r in await cursor.fetchall())
+    items = tuple(known.get(r[0]) or known.setdefault(r[0], _message(r)) for r in cursor)
     user = User(user_id, name or "", email, phone, push_token, tz or "UTC")
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "SELECT recipient FROM deliveries WHERE digest_id = ? AND recipient IS NOT NULL LIMIT 1",
         (gid,),
     )
-    recorded = await cursor.fetchone()
+    recorded = cursor.fetchone()
     address = task_address(user, channel, recorded[0] if recorded else None)
     recipient = Recipient(user_id, user.name, address, user.timezone)
     return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
 
 
-async def _record_digests(conn: aiosqlite.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def _record_digests(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Outcome rows of digests: the digest, and (once final) every delivery it carried."""
-    await conn.executemany(
+    conn.executemany(
         "UPDATE digests SET status = ?, attempts = ?, provider = ?, provider_message_id = ?,"
         " recipient = coalesce(?, recipient), subject = ?, text = ?, error = ?,"
         " updated_at = ?, sent_at = ?, not_before = ?,"
@@ -809,14 +825,14 @@ async def _record_digests(conn: aiosqlite.Connection, rows: Sequence[tuple[Any, 
         rows,
     )
     final = [r for r in rows if r[0] != DeliveryStatus.QUEUED.value]
-    await conn.executemany(
+    conn.executemany(
         "UPDATE deliveries SET status = ?, provider = ?, provider_message_id = ?,"
         " error = ?, updated_at = ?, sent_at = ?, owner = NULL WHERE digest_id = ?",
         [(r[0], r[2], r[3], r[7], r[8], r[9], r[12]) for r in final],
     )
 
 
-async def _owners(conn: aiosqlite.Connection) -> set[str]:
+def _owners(conn: sqlite3.Connection) -> set[str]:
     """Every node named as the owner of unfinished work. Jumps from owner to owner along
     the indexes, so the cost follows the number of owners, not of deliveries."""
     owners: set[str] = set()
@@ -827,12 +843,12 @@ async def _owners(conn: aiosqlite.Connection) -> set[str]:
     ):
         last = ""
         while True:
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 f"SELECT {column} FROM {table} WHERE {unfinished} AND {column} > ?"
                 f" ORDER BY {column} LIMIT 1",
                 (last,),
             )
-            row = await cursor.fetchone()
+            row = cursor.fetchone()
             if row is None:
                 break
             last = row[0]
@@ -840,23 +856,23 @@ async def _owners(conn: aiosqlite.Connection) -> set[str]:
     return owners
 
 
-async def _release(conn: aiosqlite.Connection, node_ids: Sequence[str]) -> None:
+def _release(conn: sqlite3.Connection, node_ids: Sequence[str]) -> None:
     """Hand the nodes' queued deliveries and unfinished fan-outs back to everyone."""
     marks = ", ".join("?" * len(node_ids))
-    await conn.execute(
+    conn.execute(
         f"UPDATE deliveries SET owner = NULL WHERE status = 'queued' AND owner IN ({marks})",
         node_ids,
     )
-    await conn.execute(
+    conn.execute(
         f"UPDATE messages SET fanout_owner = NULL WHERE fanout_done = 0"
         f" AND fanout_owner IN ({marks})",
         node_ids,
     )
-    await conn.execute(
+    conn.execute(
         f"UPDATE digests SET owner = NULL WHERE status = 'queued' AND owner IN ({marks})",
         node_ids,
     )
-    await conn.execute(f"DELETE FROM nodes WHERE id IN ({marks})", node_ids)
+    conn.execute(f"DELETE FROM nodes WHERE id IN ({marks})", node_ids)
 
 
 @contextlib.asynccontextmanager
@@ -883,6 +899,10 @@ async def _connect(path: Path, *pragmas: str) -> aiosqlite.Connection:
         # synchronous=FULL: a 202 means the message survives a power cut, not only a
         # process crash; group commit pays the fsync once for many publishes.
         await conn.execute("PRAGMA synchronous=FULL")
+        # Delivery ids are hashes, so a big fan-out writes (and its outcomes update) all
+        # over the deliveries table and its indexes: SQLite's default 2 MB page cache
+        # then misses on almost every row once the table outgrows it.
+        await conn.execute(f"PRAGMA cache_size={-CACHE_KIB}")
         for pragma in pragmas:
             await conn.execute(pragma)
     except BaseException:

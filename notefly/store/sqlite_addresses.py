@@ -7,6 +7,7 @@ Reads go to the reader connection, writes through the group-commit writer; both 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -156,18 +157,19 @@ class SqliteAddressBook:
         return DeliveryContext(delivery_id, row[0], message)
 
 
-async def registered_in_page(
-    conn: aiosqlite.Connection, category_id: str, after_user: str | None, last_user: str
+def registered_in_page(
+    conn: sqlite3.Connection, category_id: str, after_user: str | None, last_user: str
 ) -> dict[str, dict[EndpointKind, int]]:
     """Endpoint counts of the subscribers of a category in (after_user, last_user]: what
-    one fan-out page needs to know which users can be reached on which channel."""
-    cursor = await conn.execute(
+    one fan-out page needs to know which users can be reached on which channel (runs
+    on the writer thread, inside the page's transaction)."""
+    cursor = conn.execute(
         "SELECT e.user_id, e.kind, count(*) FROM endpoints e JOIN subscriptions s"
         " ON s.user_id = e.user_id AND s.category_id = ?"
         " WHERE e.user_id > ? AND e.user_id <= ? GROUP BY e.user_id, e.kind",
         (category_id, after_user or "", last_user),
     )
     counts: dict[str, dict[EndpointKind, int]] = defaultdict(dict)
-    for user_id, kind, count in await cursor.fetchall():
+    for user_id, kind, count in cursor.fetchall():
         counts[user_id][EndpointKind(kind)] = count
     return counts

@@ -4,14 +4,25 @@ A commit per request caps out at a few thousand transactions a second; one
 transaction for everything that is waiting reaches far more. Callers hand the writer
 an operation and get its result back once the transaction holding it has committed,
 so "accepted" always means "durable".
+
+Operations come in two kinds. A *synchronous* operation (``run_sync``) takes the
+plain ``sqlite3`` connection and runs on the connection's thread: a batch of them,
+with its transaction and savepoints, costs one hop between the event loop and that
+thread. An *asynchronous* operation (``run``) awaits the aiosqlite connection,
+paying a hop per statement; it suits rare writes that are easier to write that way.
+The hot paths (publishing, fan-out pages, outcomes, claims, heartbeats) are
+synchronous.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import structlog
@@ -20,15 +31,107 @@ from notefly.errors import StoreUnavailable
 
 T = TypeVar("T")
 Operation = Callable[[aiosqlite.Connection], Awaitable[Any]]
+SyncOperation = Callable[[sqlite3.Connection], Any]
 
 log = structlog.get_logger("notefly.store")
 
 
+@dataclass(slots=True)
+class _Queued:
+    future: asyncio.Future[Any]
+    op: Operation | None = None
+    sync_op: SyncOperation | None = None
+
+
+# What one operation of a batch came to: its result, or the exception it raised.
+_Done = tuple[Any, BaseException | None]
+
+# Waiting for another process's write lock: SQLite's own busy handler sleeps 1, 2, 5,
+# 10, ... up to 100 ms between tries, so a worker that just missed the lock can wait
+# far longer than the lock is held. Trying again every few hundred microseconds keeps
+# two workers' group commits close behind each other.
+LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock at most the connection's
+    ``busy_timeout``, in short steps."""
+    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        pause, longest = LOCK_PAUSE_SECONDS
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, longest)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+
+
+def _run_segment(
+    conn: sqlite3.Connection,
+    ops: list[SyncOperation],
+    *,
+    begin: bool,
+    commit: bool,
+    max_changes: int | None = None,
+) -> list[_Done]:
+    """Run synchronous operations, each under its own savepoint, on the writer thread.
+
+    ``begin``/``commit``: open or close the group transaction in the same hop. When
+    the commit fails, the transaction is rolled back and the error propagates.
+    ``max_changes``: once the operations run so far changed that many rows, the rest
+    are left for the next transaction (the result has fewer entries than ``ops``).
+    """
+    if begin:
+        begin_immediate(conn)
+    done: list[_Done] = []
+    start = conn.total_changes
+    try:
+        for op in ops:
+            if max_changes is not None and done and conn.total_changes - start >= max_changes:
+                break
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                done.append((None, exc))
+            else:
+                conn.execute("RELEASE op")
+                done.append((result, None))
+        if commit:
+            conn.execute("COMMIT")
+    except BaseException:
+        if commit or begin:
+            with contextlib.suppress(sqlite3.Error):  # the transaction may already be gone
+                conn.execute("ROLLBACK")
+        raise
+    return done
+
+
 class GroupCommitWriter:
-    def __init__(self, conn: aiosqlite.Connection, *, max_batch: int = 256) -> None:
+    """``max_batch``: operations per transaction. ``max_changes``: rows a transaction of
+    synchronous operations changes before it commits and leaves the rest of its batch
+    to the next one. It keeps a transaction short (tens of milliseconds) when big
+    writes pile up, so that other processes on the same file (workers, and their
+    heartbeats) get the write lock in between instead of waiting behind one huge
+    commit."""
+
+    def __init__(
+        self, conn: aiosqlite.Connection, *, max_batch: int = 256, max_changes: int = 4000
+    ) -> None:
         self._conn = conn
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[Operation, asyncio.Future[Any]]] = asyncio.Queue()
+        self._max_changes = max_changes
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.operations = 0
@@ -48,55 +151,113 @@ class GroupCommitWriter:
 
     async def run(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run ``op`` inside the next group transaction and return its result after commit."""
+        return cast(T, await self._submit(_Queued(self._future(), op=op)))
+
+    async def run_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Like ``run``, for an operation that runs on the writer thread itself.
+
+        ``op`` must not touch the event loop: it runs on the connection's thread,
+        together with the other synchronous operations of its batch.
+        """
+        return cast(T, await self._submit(_Queued(self._future(), sync_op=op)))
+
+    def _future(self) -> asyncio.Future[Any]:
         if self._task is None:
             raise StoreUnavailable("the store is not open (starting or shutting down)")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, future))
-        return await future
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, item: _Queued) -> Any:
+        self._queue.put_nowait(item)
+        return await item.future
 
     async def _run(self) -> None:
+        left: list[_Queued] = []  # taken from the queue, not run yet: they go first
         while True:
-            batch = [await self._queue.get()]
+            batch = left or [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            left = []
             try:
-                await self._commit(batch)
+                left = await self._commit(batch)
             finally:
-                for _ in batch:
+                for _ in range(len(batch) - len(left)):
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[_Queued]) -> list[_Queued]:
+        """Commit what the batch's transaction took of it; returns what it left."""
         # Each operation runs under its own savepoint: one that fails is rolled back
         # alone and gets its exception; the others still commit together.
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                await self._conn.execute("SAVEPOINT op")
-                try:
-                    result = await op(self._conn)
-                except Exception as exc:
-                    await self._conn.execute("ROLLBACK TO op")
-                    await self._conn.execute("RELEASE op")
-                    results.append((future, None, exc))
-                else:
-                    await self._conn.execute("RELEASE op")
-                    results.append((future, result, None))
-            await self._conn.execute("COMMIT")
+            if all(item.sync_op is not None for item in batch):
+                done = await self._segment(
+                    batch, begin=True, commit=True, max_changes=self._max_changes
+                )
+            else:
+                done = await self._mixed(batch)
         except Exception as exc:
             log.error("store.commit_failed", error=repr(exc), operations=len(batch))
-            with contextlib.suppress(Exception):  # the transaction may already be gone
-                await self._conn.execute("ROLLBACK")
-            for _op, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return []
         self.batches += 1
-        self.operations += len(batch)
-        for future, result, error in results:
-            if future.done():  # the caller went away (cancelled); the work is committed
+        self.operations += len(done)
+        for item, (result, error) in zip(batch, done, strict=False):
+            if item.future.done():  # the caller went away (cancelled); the work is committed
                 continue
             if error is not None:
-                future.set_exception(error)
+                item.future.set_exception(error)
             else:
-                future.set_result(result)
+                item.future.set_result(result)
+        return batch[len(done) :]
+
+    async def _segment(
+        self,
+        items: list[_Queued],
+        *,
+        begin: bool,
+        commit: bool,
+        max_changes: int | None = None,
+    ) -> list[_Done]:
+        ops = [cast(SyncOperation, item.sync_op) for item in items]
+        raw = self._conn._conn  # the thread below is the only one that uses it
+
+        def call() -> list[_Done]:
+            return _run_segment(raw, ops, begin=begin, commit=commit, max_changes=max_changes)
+
+        return cast(list[_Done], await self._conn._execute(call))  # type: ignore[no-untyped-call]
+
+    async def _mixed(self, batch: list[_Queued]) -> list[_Done]:
+        """A batch with asynchronous operations: runs of synchronous ones still share
+        a hop each."""
+        conn = self._conn
+        done: list[_Done] = []
+        try:
+            await self._segment([], begin=True, commit=False)
+            run: list[_Queued] = []
+            for item in [*batch, None]:
+                if item is not None and item.sync_op is not None:
+                    run.append(item)
+                    continue
+                if run:
+                    done += await self._segment(run, begin=False, commit=False)
+                    run = []
+                if item is None:
+                    break
+                assert item.op is not None
+                await conn.execute("SAVEPOINT op")
+                try:
+                    result = await item.op(conn)
+                except Exception as exc:
+                    await conn.execute("ROLLBACK TO op")
+                    await conn.execute("RELEASE op")
+                    done.append((None, exc))
+                else:
+                    await conn.execute("RELEASE op")
+                    done.append((result, None))
+            await conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):  # the transaction may already be gone
+                await conn.execute("ROLLBACK")
+            raise
+        return done
