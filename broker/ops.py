@@ -48,14 +48,17 @@ def install(app: Quart, container: Container) -> None:
     async def resolve_ops() -> None:
         observer = prometheus_observer(await resolve(container.observer))
         actors = await resolve(container.actors)
+        breakers = await resolve(container.breakers)
         for channel in (await resolve(container.channels)).values():
-            observer.register_provider(channel.name, channel.provider)
+            state = breakers.state(channel.name, channel.provider)
+            observer.register_provider(channel.name, channel.provider, state)
         app.extensions["notefly_ops"] = OpsServices(
             operations=Operations(
                 service=SERVICE,
                 store=ops_store(await resolve(container.store)),
                 observer=observer,
                 actors=actors,
+                breakers=breakers,
                 expected_migrations=known_migrations(container.settings().store_backend),
                 monotonic=container.monotonic(),
             ),
@@ -101,9 +104,25 @@ class CheckOut(BaseModel):
     detail: str
 
 
+class CircuitOut(BaseModel):
+    """A provider's circuit breaker: closed, open (deliveries wait) or half_open."""
+
+    channel: str
+    provider: str
+    state: Literal["closed", "open", "half_open"]
+    consecutive_failures: int
+    cooldown_seconds: float | None
+    retry_in_seconds: float | None
+    opened: int
+    last_failure: str | None
+
+
 class ReadyOut(BaseModel):
     ready: bool
+    # degraded: ready, but a provider's circuit is open (still 200: see notefly.health)
+    status: Literal["ok", "degraded", "not_ready"]
     checks: list[CheckOut]
+    circuits: list[CircuitOut]
 
 
 class StatusOut(BaseModel):
@@ -113,7 +132,9 @@ class StatusOut(BaseModel):
     version: str
     node: str | None
     ready: bool
+    status: Literal["ok", "degraded", "not_ready"]
     checks: list[CheckOut]
+    circuits: list[CircuitOut]
     work: dict[str, int]
     actors: dict[str, Any]
     counters: dict[str, int]
@@ -146,7 +167,9 @@ async def metrics() -> Response:
 @document_response(ReadyOut)
 @document_response(ReadyOut, 503)
 async def readyz() -> tuple[dict[str, Any], int]:
-    """Ready to work: the store answers, migrations are applied, the actors run."""
+    """Ready to work: the store answers, migrations are applied, the actors run.
+
+    An open provider circuit shows as ``"status": "degraded"`` and stays 200."""
     ready = await ops().operations.readiness()
     return ready.to_dict(), 200 if ready.ok else 503
 

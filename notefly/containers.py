@@ -17,6 +17,7 @@ from dependency_injector import containers, providers
 from notefly.actors import ActorSystem
 from notefly.actors.pump import PumpSettings
 from notefly.actors.shard import ShardSettings
+from notefly.breaker import Breakers, BreakerSettings, OnChange
 from notefly.clock import SortableIds, SystemClock
 from notefly.config import Settings
 from notefly.metrics import PrometheusObserver
@@ -94,6 +95,10 @@ async def run_actors(
     try:
         yield system
     finally:
+        for channel in channels.values():
+            stand_down = getattr(channel, "stand_down", None)
+            if stand_down is not None:
+                stand_down()  # a circuit breaker must not open on our own shutdown
         await system.stop()
         await close_channels(channels)
 
@@ -104,6 +109,16 @@ async def close_channels(channels: Mapping[str, Channel]) -> None:
         aclose = getattr(channel, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def breaker_listener(observer: object) -> OnChange | None:
+    """The observer's hook for breaker changes (the metrics), if it has one."""
+    hook = getattr(observer, "breaker_changed", None)
+    return cast(OnChange, hook) if callable(hook) else None
+
+
+def guard_channels(channels: Mapping[str, Channel], breakers: Breakers) -> dict[str, Channel]:
+    return breakers.guard(channels)
 
 
 def _template_dirs(settings: Settings) -> list[object]:
@@ -123,13 +138,21 @@ class Container(containers.DeclarativeContainer):
     renderer = providers.ThreadSafeSingleton(TemplateRenderer, template_env)
     channels = providers.ThreadSafeSingleton(load_channels, settings, addresses=store)
     observer: providers.Provider[Observer] = providers.ThreadSafeSingleton(PrometheusObserver)
+    breakers = providers.ThreadSafeSingleton(
+        Breakers,
+        settings=providers.Callable(BreakerSettings.from_settings, settings),
+        monotonic=monotonic,
+        on_change=providers.Callable(breaker_listener, observer),
+    )
+    # What the actors send through: every provider behind its circuit breaker.
+    guarded_channels = providers.ThreadSafeSingleton(guard_channels, channels, breakers)
     actors = providers.Resource(
         run_actors,
         observer=observer,
         settings=settings,
         store=store,
         renderer=renderer,
-        channels=channels,
+        channels=guarded_channels,
         clock=clock,
         monotonic=monotonic,
     )

@@ -17,6 +17,8 @@ Every error a caller can meet is a ``NoteflyError``. Each carries a stable ``cod
     +-- ConfigurationError          bad settings, raised at start-up, never at request time
     +-- ChannelError                a provider could not send
         +-- TransientChannelError   worth retrying later (timeouts, 429, 5xx)
+        |   +-- CircuitOpen         the provider's circuit breaker is open: not sent,
+        |                           not an attempt; wait ``retry_after`` seconds
         +-- PermanentChannelError   retrying cannot help (bad address, 4xx)
 """
 
@@ -73,8 +75,34 @@ class TransientChannelError(ChannelError):
         self.retry_after = retry_after
 
 
+class CircuitOpen(TransientChannelError):
+    """The provider was not called: its circuit breaker holds deliveries back.
+
+    Not an attempt: the delivery keeps its attempts and waits ``retry_after`` seconds
+    (what is left of the cool-down), then tries again.
+    """
+
+    code = "circuit_open"
+    attempted = False
+
+    def __init__(self, message: str, *, retry_after: float, channel: str, provider: str):
+        super().__init__(message, retry_after=retry_after)
+        self.channel = channel
+        self.provider = provider
+
+
 class PermanentChannelError(ChannelError):
+    """Retrying cannot help this delivery.
+
+    ``provider_fault``: the provider refuses every delivery, not this recipient (rejected
+    credentials, a suspended account); only those count toward its circuit breaker.
+    """
+
     code = "channel_permanent"
+
+    def __init__(self, message: str, *, details: Any = None, provider_fault: bool = False):
+        super().__init__(message, details=details)
+        self.provider_fault = provider_fault
 
 
 class BadRequest(NoteflyError):

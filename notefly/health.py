@@ -4,6 +4,10 @@
 checks: the store answers, every schema migration this build knows is applied, and
 (on the broker) the actor system is running. Orchestrators route traffic only to a
 ready process and restart one that stops being alive.
+
+On the broker, readiness also lists the circuit breaker of every provider. An open
+circuit makes the node ``degraded``, not unready: a provider's outage is the same for
+every node, so taking this one out of a load balancer would help nobody.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from notefly.breaker import CircuitSnapshot
 from notefly.store.migrations import load_migrations
 
 
@@ -36,16 +41,27 @@ class Check:
 class Readiness:
     checks: tuple[Check, ...]
     actor_stats: dict[str, Any] | None = field(default=None, compare=False)
+    circuits: tuple[CircuitSnapshot, ...] | None = None  # the broker's providers
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    @property
+    def degraded(self) -> bool:
+        """Ready, but some provider's circuit is not closed."""
+        return any(c.state != "closed" for c in self.circuits or ())
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "ready": self.ok,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
         }
+        if self.circuits is not None:
+            status = "degraded" if self.degraded else "ok"
+            found["status"] = status if self.ok else "not_ready"
+            found["circuits"] = [c.to_dict() for c in self.circuits]
+        return found
 
 
 def known_migrations(backend: str) -> list[int]:
@@ -94,6 +110,7 @@ async def readiness(
     *,
     expected: Sequence[int],
     within: float = 3.0,
+    circuits: Sequence[CircuitSnapshot] | None = None,
 ) -> Readiness:
     """Run every check; the actors only where there are actors (the broker)."""
     checks = [
@@ -112,7 +129,7 @@ async def readiness(
         except Exception as exc:
             error = exc
         checks.append(check_actors(stats, error))
-    return Readiness(tuple(checks), stats)
+    return Readiness(tuple(checks), stats, None if circuits is None else tuple(circuits))
 
 
 def _reason(exc: BaseException | None) -> str:

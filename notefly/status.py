@@ -23,14 +23,21 @@ class Unreachable(Exception):
     """The broker did not answer with a status."""
 
 
-def fetch(base_url: str, timeout: float = 10.0) -> dict[str, Any]:
+def fetch(base_url: str, timeout: float = 10.0, api_key: str | None = None) -> dict[str, Any]:
     url = base_url.rstrip("/") + "/status"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             found: dict[str, Any] = json.load(response)
             return found
     except urllib.error.HTTPError as exc:
-        raise Unreachable(f"{url} answered {exc.code}") from exc
+        hint = (
+            " (an admin key is needed: --api-key or NOTEFLY_API_KEY)"
+            if exc.code in (401, 403)
+            else ""
+        )
+        raise Unreachable(f"{url} answered {exc.code}{hint}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise Unreachable(f"cannot reach the broker at {url}: {reason}") from exc
@@ -41,12 +48,15 @@ def fetch(base_url: str, timeout: float = 10.0) -> dict[str, Any]:
 def command(args: argparse.Namespace, settings: Settings) -> int:
     """The ``status`` subcommand of the CLI."""
     base = args.broker_url or f"http://{settings.broker_host}:{settings.broker_port}"
-    return report(base, as_json=args.json)
+    api_key = args.api_key or settings.env.get("NOTEFLY_API_KEY")
+    return report(base, as_json=args.json, api_key=api_key)
 
 
-def report(base_url: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+def report(
+    base_url: str, *, as_json: bool, out: TextIO = sys.stdout, api_key: str | None = None
+) -> int:
     try:
-        snapshot = fetch(base_url)
+        snapshot = fetch(base_url, api_key=api_key)
     except Unreachable as exc:
         print(f"notefly: {exc}", file=sys.stderr)
         return 1
@@ -68,6 +78,8 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
 def render(s: dict[str, Any], base_url: str) -> str:
     """The snapshot as a few short tables a person reads at a glance."""
     state = "READY" if s["ready"] else "NOT READY"
+    if s["ready"] and s.get("status") == "degraded":
+        state = "READY (degraded)"
     lines = [f"{s['service']} {base_url}  node {s.get('node') or '-'}  v{s['version']}  {state}"]
     lines += _table([[c["name"], "ok" if c["ok"] else "FAIL", c["detail"]] for c in s["checks"]])
     work, counters, actors = s["work"], s["counters"], s.get("actors") or {}
@@ -83,9 +95,19 @@ def render(s: dict[str, Any], base_url: str) -> str:
     lines += ["", "since this process started"]
     lines += _table([[name, str(value)] for name, value in counters.items()])
     providers = s.get("providers") or []
+    circuits = {(c["channel"], c["provider"]): c for c in s.get("circuits") or []}
     if providers:
         lines += ["", "providers"]
-        header = ["channel", "provider", "state", "sent", "retried", "failed", "last error"]
+        header = [
+            "channel",
+            "provider",
+            "state",
+            "circuit",
+            "sent",
+            "retried",
+            "failed",
+            "last error",
+        ]
         lines += _table(
             [header]
             + [
@@ -93,6 +115,7 @@ def render(s: dict[str, Any], base_url: str) -> str:
                     p["channel"],
                     p["provider"],
                     p["state"],
+                    _circuit(p.get("circuit"), circuits.get((p["channel"], p["provider"]))),
                     str(p["sent"]),
                     str(p["retried"]),
                     str(p["failed"]),
@@ -120,6 +143,13 @@ def render(s: dict[str, Any], base_url: str) -> str:
             ]
         )
     return "\n".join(lines)
+
+
+def _circuit(state: str | None, circuit: dict[str, Any] | None) -> str:
+    """The breaker's state, with when the next probe may go out while it is open."""
+    state = (circuit or {}).get("state") or state or "-"
+    retry_in = (circuit or {}).get("retry_in_seconds")
+    return f"{state} ({retry_in:.0f}s)" if state == "open" and retry_in is not None else state
 
 
 def _short(text: str | None, limit: int = 60) -> str:

@@ -56,3 +56,20 @@ def test_status_of_an_unreachable_broker_fails():
     assert result.returncode == 1
     assert result.stdout == ""
     assert "cannot reach the broker" in result.stderr
+
+
+def test_status_with_keys_on_needs_the_admin_key(notefly_up: NoteflyProcess):
+    admin_key = "status-admin-key-0123456789-abcdefghij"
+    notefly_up.env["NOTEFLY_ADMIN_KEY"] = admin_key
+    notefly_up.start()
+    url = notefly_up.urls["broker"]
+
+    refused = status("--broker-url", url, "--json")
+    assert refused.returncode == 1
+    assert "answered 401" in refused.stderr and "--api-key" in refused.stderr
+
+    allowed = status("--broker-url", url, "--json", "--api-key", admin_key)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["ready"] is True
+    assert admin_key not in notefly_up.log()
+    assert notefly_up.stop() == 0
