@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 
 import notefly
+from notefly.breaker import Breakers
 from notefly.domain import DeliveryTask
 from notefly.health import HealthStore, Readiness, actor_stats, readiness
 from notefly.metrics import PrometheusObserver
@@ -103,6 +104,7 @@ class Operations:
         monotonic: Callable[[], float],
         expected_migrations: Sequence[int],
         actors: Actors | None = None,
+        breakers: Breakers | None = None,
         max_age: float = 1.0,
         slow_max_age: float = 5.0,
         recent: int = 10,
@@ -113,6 +115,7 @@ class Operations:
         self._observer = observer
         self._monotonic = monotonic
         self._actors = actors
+        self._breakers = breakers
         self._expected = list(expected_migrations)
         self._max_age = max_age
         self._slow_max_age = slow_max_age
@@ -123,7 +126,10 @@ class Operations:
         self._cached: tuple[float, dict[str, Any]] | None = None
 
     async def readiness(self) -> Readiness:
-        ready = await readiness(self._store, self._actors, expected=self._expected)
+        circuits = self._breakers.snapshot() if self._breakers is not None else None
+        ready = await readiness(
+            self._store, self._actors, expected=self._expected, circuits=circuits
+        )
         if ready.actor_stats is not None:
             self._observer.metrics.set_actor_stats(ready.actor_stats)
         return ready
@@ -150,6 +156,11 @@ class Operations:
         self._observer.metrics.redrives.labels(task.channel).inc()
         self._cached = self._slow = None  # the next snapshot shows it queued
         return task
+
+    def forget_snapshot(self) -> None:
+        """The failed work changed elsewhere (a bulk redrive): the next snapshot reads
+        the store again."""
+        self._cached = self._slow = None
 
     async def keep_sampling(self, every: float = 1.0, gauges_every: float = 5.0) -> None:
         """Until cancelled: sample the activity every ``every`` seconds, and refresh this
@@ -194,6 +205,7 @@ class Operations:
             if ready.ok:
                 raise
             counts, recent, failed, errors = {}, [], [], {}  # the checks say why
+        circuits = {(c.channel, c.provider): c.state for c in ready.circuits or ()}
         metrics = self._observer.metrics
         metrics.queued.set(counts.get("queued", 0))
         metrics.failed_stored.set(counts.get("failed", 0))
@@ -226,7 +238,7 @@ class Operations:
                 "providers": [
                     {
                         **asdict(p),
-                        "circuit": "closed",  # until circuit breakers exist
+                        "circuit": circuits.get(key, "closed"),
                         "last_error": errors[key].error if key in errors else None,
                         "last_error_at": errors[key].at if key in errors else None,
                     }

@@ -128,6 +128,7 @@
         el("td", {}, button));
     }));
     $("no-failures").hidden = failures.length > 0;
+    $("redrive-all").disabled = failures.length === 0;
   }
 
   function drawProviders(providers) {
@@ -178,6 +179,26 @@
       button.disabled = false;
     }
   }
+
+  // Every failed delivery, up to 1000 per click (POST /deliveries/redrive).
+  async function redriveAll(button) {
+    button.disabled = true;
+    try {
+      const response = await fetch("/deliveries/redrive", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+      });
+      const body = await response.json();
+      if (response.ok) {
+        const more = body.more ? "; more remain, click again" : "";
+        notice(`${body.redriven} failed deliveries are queued again${more}.`, false);
+      } else {
+        notice(`Redrive refused: ${body.error.message}`, true);
+      }
+    } catch (error) {
+      notice(`Redrive failed: ${error}`, true);
+    }
+  }
+  $("redrive-all").addEventListener("click", (event) => redriveAll(event.currentTarget));
 
   const live = $("live");
   const source = new EventSource("/dashboard/events");

@@ -39,6 +39,7 @@ from notefly.ports import Clock, DeliveryCounts, FanoutPage
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.postgres_addresses import PostgresAddressBook, registered_in_page
+from notefly.store.postgres_deadletters import PostgresDeadLetters
 from notefly.store.postgres_digests import (
     DIGEST_PREFIX,
     OUTCOMES,
@@ -47,9 +48,18 @@ from notefly.store.postgres_digests import (
     record_digests,
 )
 from notefly.store.postgres_feed import INBOX_LOCK, PostgresInboxFeed
+from notefly.store.postgres_keys import PostgresKeys
 from notefly.store.postgres_migrations import migrate_postgres
 from notefly.store.postgres_ops import PostgresOpsMixin
-from notefly.store.rows import DELIVERY_COLUMNS, delivery
+from notefly.store.postgres_personal import PostgresPersonalData
+from notefly.store.rows import (
+    DELIVERY_COLUMNS,
+    NOTIFICATION_COLUMNS,
+    USER_COLUMNS,
+    delivery,
+    notification_row,
+    user_row,
+)
 from notefly.store.sqlite_rows import task_address  # backend-neutral, despite its home
 
 if TYPE_CHECKING:
@@ -68,10 +78,6 @@ _CLOSE_SECONDS = 10.0
 
 _MESSAGE_COLUMNS = (
     "m.id, m.category_id, m.title, m.body, m.data, m.priority, m.idempotency_key, m.accepted_at"
-)
-_USER_COLUMNS = "id, name, email, phone, push_token, timezone, created_at, quiet_hours"
-_NOTIFICATION_COLUMNS = (
-    "id, user_id, message_id, category_id, title, body, priority, created_at, read_at, via"
 )
 # A delivery task's columns, ``d`` being a delivery. The user's current address wins;
 # the recorded one serves channels whose addresses are registrations (``task_address``).
@@ -92,25 +98,6 @@ def _message(row: Sequence[Any]) -> Message:
         priority=Priority(row[5]),
         idempotency_key=row[6],
         accepted_at=row[7],
-    )
-
-
-def _user(row: Sequence[Any]) -> User:
-    return User(*row)
-
-
-def _notification(row: Sequence[Any]) -> Notification:
-    return Notification(
-        id=row[0],
-        user_id=row[1],
-        message_id=row[2],
-        category_id=row[3],
-        title=row[4],
-        body=row[5],
-        priority=Priority(row[6]),
-        created_at=row[7],
-        read_at=row[8],
-        via=row[9],
     )
 
 
@@ -136,7 +123,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
+class PostgresStore(
+    PostgresAddressBook,
+    PostgresInboxFeed,
+    PostgresOpsMixin,
+    PostgresDeadLetters,
+    PostgresPersonalData,
+    PostgresKeys,
+):
     """The ``Store`` port (and the address book, the inbox feed and the operations read
     model) on a PostgreSQL database shared by several nodes."""
 
@@ -243,7 +237,7 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
     async def add_user(self, user: User) -> User:
         now = user.created_at or self._now()
         status = await self._pool.execute(
-            f"INSERT INTO users ({_USER_COLUMNS}, updated_at)"
+            f"INSERT INTO users ({USER_COLUMNS}, updated_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7) ON CONFLICT (id) DO NOTHING",
             user.id,
             user.name,
@@ -259,16 +253,16 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
         return user
 
     async def get_user(self, user_id: str) -> User:
-        row = await self._fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
+        row = await self._fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
         if row is None:
             raise NotFound(f"no user {user_id!r}", code="user_not_found")
-        return _user(row)
+        return user_row(row, _same)
 
     async def list_users(self, limit: int = 100) -> list[User]:
         rows = await self._fetch(
-            f'SELECT {_USER_COLUMNS} FROM users ORDER BY name COLLATE "C", id LIMIT $1', limit
+            f'SELECT {USER_COLUMNS} FROM users ORDER BY name COLLATE "C", id LIMIT $1', limit
         )
-        return [_user(row) for row in rows]
+        return [user_row(row, _same) for row in rows]
 
     async def update_user(self, user: User) -> User:
         status = await self._pool.execute(
@@ -292,9 +286,18 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
             status = await conn.execute("DELETE FROM users WHERE id = $1", user_id)
             if _rowcount(status) == 0:
                 raise NotFound(f"no user {user_id!r}", code="user_not_found")
-            # Subscriptions go by cascade; inbox and delivery rows hold personal data too.
+            # Subscriptions and endpoints go by cascade; inbox, delivery and digest rows
+            # hold personal data too (tests/contract/test_erasure_contract.py scans all).
             await conn.execute("DELETE FROM inbox WHERE user_id = $1", user_id)
             await conn.execute("DELETE FROM deliveries WHERE user_id = $1", user_id)
+            await conn.execute("DELETE FROM digests WHERE user_id = $1", user_id)
+            # A fan-out's cursor is the last user id of its page: step it back to the
+            # user before (the next page is the same, since that one is gone).
+            await conn.execute(
+                "UPDATE messages SET fanout_cursor = (SELECT max(id) FROM users WHERE id < $1)"
+                " WHERE fanout_cursor = $1",
+                user_id,
+            )
 
         await self._in_transaction(op)
 
@@ -694,7 +697,7 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
         self, user_id: str, *, unread_only: bool, limit: int, before: str | None
     ) -> list[Notification]:
         await self.get_user(user_id)
-        sql = f"SELECT {_NOTIFICATION_COLUMNS} FROM inbox WHERE user_id = $1"
+        sql = f"SELECT {NOTIFICATION_COLUMNS} FROM inbox WHERE user_id = $1"
         params: list[Any] = [user_id]
         if unread_only:
             sql += " AND read_at IS NULL"
@@ -708,19 +711,19 @@ class PostgresStore(PostgresAddressBook, PostgresInboxFeed, PostgresOpsMixin):
             sql += f" AND seq < ${len(params)}"
         params.append(limit)
         sql += f" ORDER BY seq DESC LIMIT ${len(params)}"
-        return [_notification(row) for row in await self._fetch(sql, *params)]
+        return [notification_row(row, _same) for row in await self._fetch(sql, *params)]
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         row = await self._fetchrow(
             "UPDATE inbox SET read_at = coalesce(read_at, $1) WHERE id = $2 AND user_id = $3"
-            f" RETURNING {_NOTIFICATION_COLUMNS}",
+            f" RETURNING {NOTIFICATION_COLUMNS}",
             self._now(),
             notification_id,
             user_id,
         )
         if row is None:
             raise NotFound(f"no notification {notification_id!r}", code="notification_not_found")
-        return _notification(row)
+        return notification_row(row, _same)
 
     async def mark_all_read(self, user_id: str) -> int:
         await self.get_user(user_id)

@@ -92,8 +92,10 @@ class PostgresOpsMixin:
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             status = await conn.execute(
+                # Sent on its own even if it failed within a digest: a queued 'digest'
+                # delivery would wait for a digest, and no node would claim it.
                 "UPDATE deliveries SET status = 'queued', attempts = 0, error = NULL,"
-                " not_before = NULL, owner = $1, updated_at = $2"
+                " not_before = NULL, mode = 'immediate', owner = $1, updated_at = $2"
                 " WHERE id = $3 AND status = 'failed'",
                 owner,
                 now,

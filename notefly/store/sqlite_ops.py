@@ -123,8 +123,11 @@ class SqliteOpsMixin:
 
         async def op(conn: aiosqlite.Connection) -> DeliveryTask:
             cursor = await conn.execute(
+                # Sent on its own even if it failed within a digest: a queued 'digest'
+                # delivery would wait for a digest, and no node would claim it.
                 "UPDATE deliveries SET status = 'queued', attempts = 0, error = NULL,"
-                " not_before = NULL, owner = ?, updated_at = ? WHERE id = ? AND status = 'failed'",
+                " not_before = NULL, mode = 'immediate', owner = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'failed'",
                 (owner, now, delivery_id),
             )
             if cursor.rowcount == 0:
