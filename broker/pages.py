@@ -7,6 +7,7 @@ from typing import Any
 from quart import Blueprint, render_template, request
 
 from broker.api import PublishRequest
+from broker.auth import FORM_KEY_FIELD, check_category
 from broker.web import services
 from notefly.domain import Priority
 from notefly.errors import NoteflyError
@@ -35,6 +36,7 @@ async def publish_form() -> tuple[str, int]:
     fields = {k: v for k, v in form.items() if k in PublishRequest.model_fields and v.strip()}
     try:
         body = validate(PublishRequest, fields)
+        check_category(body.category)
         message, _created = await services().publisher.publish(
             PublishCommand(
                 category=body.category,
@@ -45,5 +47,6 @@ async def publish_form() -> tuple[str, int]:
             )
         )
     except NoteflyError as exc:
-        return await _page(exc.status, error=exc, form=fields)
-    return await _page(202, accepted=message, form={"category": message.category_id})
+        return await _page(exc.status, error=exc, form=fields, api_key=form.get(FORM_KEY_FIELD))
+    accepted = {"category": message.category_id}
+    return await _page(202, accepted=message, form=accepted, api_key=form.get(FORM_KEY_FIELD))

@@ -22,6 +22,7 @@ from broker.api import (
     PublishRequest,
     PublishResponse,
 )
+from broker.auth import check_category
 from broker.web import is_form, read_payload, services
 from notefly.services import PublishCommand, message_status
 
@@ -38,6 +39,7 @@ async def publish() -> Any:
     if is_form():  # the HTML form of GET /pub posts here too
         return await pages.publish_form()
     body = await read_payload(PublishRequest)
+    check_category(body.category)
     message, created = await services().publisher.publish(
         PublishCommand(
             category=body.category,

@@ -4,6 +4,11 @@ per category and reads their notifications. Server-rendered forms, no JavaScript
 The forms post to the JSON API's routes (``POST /users``, ``POST /sub``, the inbox's
 read routes), which hand form posts to the handlers here: success redirects back to
 the page (post/redirect/get), failure renders the page with the error.
+
+Who is looking: registering through the page, or signing in with one's token, sets
+the ``notefly_user`` cookie (``client.auth``), and the page then shows that user. With
+access control on, strangers see only the sign-in and register forms; in open mode
+the page still lists everyone, as on a developer's machine.
 """
 
 from __future__ import annotations
@@ -19,8 +24,18 @@ from quart.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from client.api import UserIn
+from client.auth import (
+    USER_COOKIE,
+    authenticator,
+    clear_user_cookie,
+    issue_user_token,
+    page_user,
+    principal,
+    set_user_cookie,
+)
 from client.web import services, settings
 from notefly.addresses import EndpointKind, channel_address, needs_address
+from notefly.auth import Forbidden, Unauthenticated
 from notefly.domain import ADDRESS_NAMES, User
 from notefly.errors import InvalidInput, NoteflyError, NotFound
 from notefly.payloads import validate
@@ -74,8 +89,17 @@ def back_to_user(user_id: str, **args: Any) -> Response:
 
 
 async def _index_page(status: int = 200, **context: Any) -> tuple[str, int]:
-    users = await services().directory.users(limit=USERS_TO_PICK)
-    html = await render_template("index.html", users=users, timezones=timezone_names(), **context)
+    open_mode = await authenticator().open_mode()
+    # With access control on, the list of users is for nobody's eyes on this page.
+    users = await services().directory.users(limit=USERS_TO_PICK) if open_mode else []
+    html = await render_template(
+        "index.html",
+        users=users,
+        open_mode=open_mode,
+        open_registration=settings().open_registration,
+        timezones=timezone_names(),
+        **context,
+    )
     return html, status
 
 
@@ -94,6 +118,7 @@ async def _user_page(user_id: str, status: int = 200, **context: Any) -> tuple[s
         frequencies=[f.value for f in Frequency],
         weekdays=WEEKDAYS,
         notifications=await svc.inbox.list(user_id, limit=RECENT_NOTIFICATIONS),
+        signed_in=page_user() == user_id,
         **context,
     )
     return html, status
@@ -109,13 +134,41 @@ async def user_page_with_error(user_id: str, error: NoteflyError) -> tuple[str, 
 
 @blueprint.get("/sub")
 async def sub_page() -> tuple[str, int]:
-    user_id = request.args.get("user", "").strip()
+    user_id = request.args.get("user", "").strip() or page_user()
     if not user_id:
         return await _index_page()
+    if not principal().can_access_user(user_id):
+        refused = Forbidden("sign in as this user to see their page")
+        return await _index_page(refused.status, error=refused)
     try:
-        return await _user_page(user_id, saved=request.args.get("saved") == "1")
+        return await _user_page(
+            user_id,
+            saved=request.args.get("saved") == "1",
+            new_token=request.cookies.get(USER_COOKIE)
+            if request.args.get("welcome") and page_user() == user_id
+            else None,
+        )
     except NotFound as exc:
         return await _index_page(exc.status, error=exc)
+
+
+@blueprint.post("/sub/sign-in")
+async def sign_in() -> ResponseReturnValue:
+    """Sign in with the token shown at registration: it goes into the cookie."""
+    token = (await request.form).get("token", "").strip()
+    try:
+        user_id = (await authenticator().principal(token or None)).user_id
+    except Unauthenticated:
+        user_id = None
+    if user_id is None:
+        refused = Unauthenticated("that token is not valid (unknown or replaced)")
+        return await _index_page(refused.status, error=refused)
+    return set_user_cookie(back_to_user(user_id), token)
+
+
+@blueprint.post("/sub/sign-out")
+async def sign_out() -> ResponseReturnValue:
+    return clear_user_cookie(redirect(url_for("pages.sub_page"), 303))
 
 
 async def register_form() -> ResponseReturnValue:
@@ -127,7 +180,8 @@ async def register_form() -> ResponseReturnValue:
         user = await services().directory.register(body.user())
     except NoteflyError as exc:
         return await _index_page(exc.status, error=exc, form=fields)
-    return back_to_user(user.id)
+    token = await issue_user_token(user.id)
+    return set_user_cookie(back_to_user(user.id, welcome=1), token)
 
 
 def _ticked(form: Any) -> dict[str, list[str]]:

@@ -15,6 +15,7 @@ from client.api import (
     ChannelsOut,
     ErrorOut,
     HealthOut,
+    RegisteredOut,
     SubscribeIn,
     SubscriptionOut,
     SubscriptionsOut,
@@ -25,6 +26,7 @@ from client.api import (
     UsersOut,
     UsersQuery,
 )
+from client.auth import issue_user_token
 from client.web import is_form, read_payload, read_query, services, settings
 
 blueprint = Blueprint("api", __name__)
@@ -32,15 +34,17 @@ blueprint = Blueprint("api", __name__)
 
 @blueprint.post("/users")
 @document_request(UserIn)
-@document_response(UserOut, 201)
+@document_response(RegisteredOut, 201)
 @document_response(ErrorOut, 422)
 async def register_user() -> Any:
-    """Register a user; their id is generated."""
+    """Register a user; their id is generated, and their access token is shown once."""
     if is_form():  # the register form of GET /sub posts here too
         return await pages.register_form()
     body = await read_payload(UserIn)
     user = await services().directory.register(body.user())
-    return UserOut.of(user).model_dump(mode="json"), 201, {"Location": f"/users/{user.id}"}
+    token = await issue_user_token(user.id)
+    registered = RegisteredOut(**UserOut.of(user).model_dump(), token=token)
+    return registered.model_dump(mode="json"), 201, {"Location": f"/users/{user.id}"}
 
 
 @blueprint.get("/users")

@@ -6,6 +6,7 @@ notefly demo      demo users, one message per category, and what each received
 notefly publish   publish through a running broker
 notefly migrate   apply pending schema migrations
 notefly status    health, pending work and recent failures of a running broker
+notefly apikey    create, list and revoke API keys (admin, publisher)
 notefly bench     the benchmark suite (throughput, latency, memory) on loopback
 """
 
@@ -22,7 +23,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from notefly import __version__, bench, demo, status, vapid
+from notefly import __version__, apikeys, bench, demo, status, vapid
+from notefly.auth import ensure_safe_binding
 from notefly.config import Settings
 from notefly.containers import Container, resolve, start, stop
 from notefly.errors import ConfigurationError
@@ -65,13 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", choices=["low", "normal", "high", "urgent"], default="normal")
     p.add_argument("--idempotency-key")
     p.add_argument("--broker-url", help="http://127.0.0.1:5000 by default")
+    p.add_argument("--api-key", help="a publisher or admin key (default: NOTEFLY_API_KEY)")
     p = sub.add_parser("migrate", help="apply pending schema migrations")
     storage(p)
     p = sub.add_parser("keys", help="create the VAPID key pair of Web Push (kept if present)")
     storage(p)
+    p = sub.add_parser("apikey", help="create, list and revoke API keys")
+    apikeys.add_arguments(p, storage)
     p = sub.add_parser("status", help="health, pending work and recent failures of a broker")
     p.add_argument("--broker-url", help="http://127.0.0.1:5000 by default")
     p.add_argument("--json", action="store_true", help="the whole status as JSON, for scripts")
+    p.add_argument("--api-key", help="an admin key, when keys are on (default: NOTEFLY_API_KEY)")
     bench.add_arguments(sub.add_parser("bench", help="benchmarks of the real services"))
     return parser
 
@@ -107,6 +113,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         os.environ.setdefault(
             "PROMETHEUS_MULTIPROC_DIR", str(prepare_multiprocess_dir(settings.data_dir / "metrics"))
         )
+        _check_binding(settings, [settings.broker_host, settings.client_host])
         child = [a for a in sys.argv[1:] if not a.startswith("--worker-index")]
         return supervise(child, workers)
     if args.worker_index is not None:  # one of several nodes on this machine
@@ -120,6 +127,20 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     seed = args.demo and not args.worker_index  # one worker seeds the demo data
     asyncio.run(run(Container(settings=settings), services, seed_demo=seed, reuse_port=workers > 1))
     return 0
+
+
+def _check_binding(settings: Settings, hosts: list[str]) -> None:
+    """Refuse open mode off loopback before starting workers (each checks too)."""
+
+    async def check() -> None:
+        container = Container(settings=settings)
+        await start(container.store)
+        try:
+            await ensure_safe_binding(await resolve(container.store), settings, hosts)
+        finally:
+            await stop(container.store)
+
+    asyncio.run(check())
 
 
 def _single(args: argparse.Namespace, settings: Settings) -> int:
@@ -169,11 +190,12 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
         payload["title"] = args.title
     if args.idempotency_key:
         payload["idempotency_key"] = args.idempotency_key
+    headers = {"Content-Type": "application/json"}
+    api_key = args.api_key or settings.env.get("NOTEFLY_API_KEY")
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
+        url, data=json.dumps(payload).encode(), method="POST", headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -218,6 +240,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "publish": _publish,
     "migrate": _migrate,
     "keys": _keys,
+    "apikey": apikeys.command,
     "status": status.command,
     "bench": lambda args, _settings: bench.command(args),
 }

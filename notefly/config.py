@@ -56,10 +56,17 @@ class Settings:
     retry_base_seconds: float = 1.0
     entity_idle_seconds: float = 60.0
     send_timeout_seconds: float = 30.0
+    # Circuit breaker per provider: this many consecutive failures open it for the
+    # cool-down, doubled on each re-open up to the cap (see notefly.breaker).
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    breaker_max_cooldown_seconds: float = 300.0
     max_body_bytes: int = 64 * 1024
     template_dir: Path | None = None
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+    # POST /users for anyone (self-service sign-up); false: an admin key is needed
+    open_registration: bool = True
     # Every NOTEFLY_* variable as given, for providers to read their own settings
     # (NOTEFLY_SMTP_HOST, ...) and validate them when they are built at start-up.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold secrets
@@ -164,16 +171,21 @@ _INTS = {
     "round_size",
     "max_attempts",
     "max_body_bytes",
+    "breaker_failures",
 }
 _FLOATS = {
     "retry_base_seconds",
     "entity_idle_seconds",
     "send_timeout_seconds",
+    "breaker_cooldown_seconds",
+    "breaker_max_cooldown_seconds",
     "heartbeat_seconds",
     "node_timeout_seconds",
     "poll_seconds",
 }
 _PATHS = {"data_dir", "template_dir"}
+_BOOLS = {"open_registration"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -186,6 +198,10 @@ def _parse(name: str, raw: str) -> Any:
         return float(raw)
     if name in _PATHS:
         return Path(raw)
+    if name in _BOOLS:
+        if raw.strip().lower() not in _TRUE + _FALSE:
+            raise ValueError("use true or false")
+        return raw.strip().lower() in _TRUE
     if name == "channels":
         channels = tuple(c.strip() for c in raw.split(",") if c.strip())
         if not channels:

@@ -31,7 +31,8 @@ class Live:
 
     async def user(self, name: str = "Ada") -> User:
         response = await self.http.post("/users", json={"name": name, "email": "a@example.org"})
-        user = User(**{k: v for k, v in response.json().items() if k != "created_at"})
+        fields = response.json()
+        user = User(**{k: v for k, v in fields.items() if k not in ("created_at", "token")})
         await self.http.post(
             "/sub", json={"user": user.id, "category": "finance", "channels": ["email"]}
         )

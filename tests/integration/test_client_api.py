@@ -37,6 +37,7 @@ async def register(client: HttpClient, **fields: Any) -> dict[str, Any]:
     response = await client.post("/users", json={"name": "Ada", **fields})
     assert response.status_code == 201, await response.get_data(as_text=True)
     user: dict[str, Any] = await response.get_json()
+    assert user.pop("token").startswith("nfu_")  # the access token, shown only here
     return user
 
 
@@ -53,6 +54,7 @@ async def test_register_get_patch_delete(client_http: HttpClient) -> None:
     response = await client_http.post("/users", json={**ADA, "timezone": "Europe/Paris"})
     assert response.status_code == 201
     user = await response.get_json()
+    assert user.pop("token").startswith("nfu_")  # shown at registration only
     assert user["id"].startswith("usr_")
     assert user["created_at"]
     assert response.headers["Location"] == f"/users/{user['id']}"

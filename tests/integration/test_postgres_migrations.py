@@ -99,6 +99,7 @@ async def test_a_fresh_database_gets_every_migration(url: str) -> None:
         "nodes",
         "endpoints",
         "digests",
+        "api_keys",
     }
     assert await query(url, "SELECT id FROM categories ORDER BY id") == [
         ("finance",),
