@@ -7,7 +7,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from quart_schema.openapi import OpenAPIProvider
 
+from notefly import validation
+from notefly.apidocs import with_common_responses
 from notefly.domain import Category, Delivery, Message, Priority
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -37,6 +40,22 @@ class PublishRequest(Strict):
     @classmethod
     def lower(cls, value: str) -> str:
         return value.lower()
+
+    # A title and a key are one line; the body is text; data stays small and NUL-free.
+    @field_validator("title", "idempotency_key")
+    @classmethod
+    def one_line(cls, value: str | None) -> str | None:
+        return None if value is None else validation.printable(value)
+
+    @field_validator("body")
+    @classmethod
+    def text(cls, value: str) -> str:
+        return validation.text(value)
+
+    @field_validator("data")
+    @classmethod
+    def template_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return validation.template_data(value)
 
 
 class PublishResponse(BaseModel):
@@ -121,6 +140,16 @@ class CategoryIn(Strict):
     name: str = Field(min_length=1, max_length=80)
     description: str = Field(default="", max_length=500)
 
+    @field_validator("name")
+    @classmethod
+    def one_line(cls, value: str) -> str:
+        return validation.printable(value)
+
+    @field_validator("description")
+    @classmethod
+    def text(cls, value: str) -> str:
+        return validation.text(value)
+
     @field_validator("id")
     @classmethod
     def slug(cls, value: str | None) -> str | None:
@@ -170,3 +199,10 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class CommonResponses(OpenAPIProvider):
+    """The OpenAPI of the routes, with what any route may answer documented on each."""
+
+    def schema(self) -> dict[str, Any]:
+        return with_common_responses(super().schema())

@@ -12,7 +12,8 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 import notefly
-from broker import dashboard, ops, pages, routes
+from broker import auth, dashboard, deadletters, ops, pages, routes
+from broker.api import CommonResponses
 from broker.web import install_error_handlers
 from notefly.containers import Container, resolve
 from notefly.ports import Store
@@ -34,6 +35,7 @@ def create_app(container: Container) -> Quart:
     QuartSchema(
         app,
         openapi_path="/openapi.json",
+        openapi_provider_class=CommonResponses,
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
@@ -56,5 +58,7 @@ def create_app(container: Container) -> Quart:
     app.register_blueprint(routes.blueprint)
     app.register_blueprint(pages.blueprint)
     ops.install(app, container)  # /metrics, /readyz, /status, redrive, /docs
+    deadletters.install(app, container)  # GET /deliveries, POST /deliveries/redrive
     app.register_blueprint(dashboard.blueprint)
+    auth.install(app, container)  # who may call what; every route has a policy
     return app

@@ -10,6 +10,14 @@ from reaching any handler of this process.
 
 Settings: ``NOTEFLY_APPRISE_SCHEMES`` (the services users may register, by URL scheme;
 see ``notefly.registrations``).
+
+Services whose URL names the server to reach (json://, ntfy:// in private mode, gotify://,
+Matrix, Mattermost, Rocket.Chat; ``registrations.apprise_host``) are checked against
+``notefly.netguard`` before each send, as at registration. What cannot be checked from
+here: Apprise resolves the name again when it connects, a moment after the check (a
+name rebound in between is reached), and it follows HTTP redirects; services calling
+their vendor's fixed API are not checked at all. ``NOTEFLY_APPRISE_SCHEMES`` is the
+control for those: leave out the schemes that name a server where that matters.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from notefly.errors import (
     PermanentChannelError,
     TransientChannelError,
 )
+from notefly.netguard import Resolver, TargetRules, check_host, resolve
 from notefly.ports import SendResult
-from notefly.registrations import RegistrationPolicy, apprise_service
+from notefly.registrations import RegistrationPolicy, apprise_host, apprise_service
 
 log = structlog.get_logger("notefly.channels.apprise")
 
@@ -42,9 +51,17 @@ class AppriseProvider:
     name = "apprise"
     provider = PROVIDER
 
-    def __init__(self, addresses: AddressBook, schemes: frozenset[str]) -> None:
+    def __init__(
+        self,
+        addresses: AddressBook,
+        schemes: frozenset[str],
+        rules: TargetRules | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
         self._addresses = addresses
         self._schemes = schemes
+        self._rules = rules or TargetRules()
+        self._resolver = resolver
         self._fanout = TargetFanout(PROVIDER)
 
     async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:
@@ -70,6 +87,12 @@ class AppriseProvider:
             plugin = apprise_service(target.url, self._schemes)
         except InvalidInput as exc:
             raise PermanentChannelError(f"apprise: {target.label}: {exc.message}") from None
+        host = apprise_host(target.url.partition("://")[0].lower(), plugin)
+        if host is not None:
+            try:
+                await check_host(*host, self._rules, "url", self._resolver)
+            except InvalidInput as exc:
+                raise PermanentChannelError(f"apprise: {target.label}: {exc.message}") from None
         started = time.perf_counter()
         ok = await plugin.async_notify(body=rendered.text, title=rendered.subject or "")
         log.debug(
@@ -88,4 +111,5 @@ def AppriseChannel(settings: Settings, addresses: AddressBook) -> AppriseProvide
     # Apprise logs may quote URLs, credentials included: keep them inside Apprise.
     logging.getLogger("apprise").propagate = False
     apprise.Apprise.instantiate("json://localhost")  # loads the plugins now, not at a send
-    return AppriseProvider(addresses, RegistrationPolicy.from_settings(settings).apprise_schemes)
+    policy = RegistrationPolicy.from_settings(settings)
+    return AppriseProvider(addresses, policy.apprise_schemes, policy.rules(EndpointKind.APPRISE))

@@ -9,6 +9,8 @@ repeats), ``webhook-timestamp`` and ``webhook-signature`` (HMAC-SHA256 of
 
 Settings: ``NOTEFLY_WEBHOOK_TIMEOUT`` (seconds, 10), ``NOTEFLY_WEBHOOK_ALLOW_HTTP``
 (1: plain http:// to a loopback host is accepted, for tests and local development).
+Endpoints are reached only at public addresses, checked on the address connected to
+(``channels._targets.guarded_transport``; ``NOTEFLY_ALLOW_PRIVATE_TARGETS=1`` lifts it).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from channels._http import make_client, post, raise_for_status
-from channels._targets import TargetFanout, TargetGone
+from channels._targets import TargetFanout, TargetGone, guarded_transport
 from notefly.addresses import AddressBook, DeliveryContext, Endpoint, EndpointKind
 from notefly.clock import SystemClock
 from notefly.config import Settings
 from notefly.domain import Rendered
 from notefly.errors import InvalidInput, NotFound, PermanentChannelError
+from notefly.netguard import TargetRules, allows_private
 from notefly.ports import Clock, SendResult
 from notefly.provider_settings import ProviderSettings
 from notefly.registrations import check_url
@@ -115,8 +118,10 @@ class WebhookProvider:
 def WebhookChannel(settings: Settings, addresses: AddressBook) -> WebhookProvider:
     """The ``webhook.http`` provider, from settings."""
     own = ProviderSettings(settings, "WEBHOOK", "the webhook provider")
+    allow_http = own.flag("ALLOW_HTTP")
+    rules = TargetRules(allow_loopback=allow_http, allow_private=allows_private(settings))
     return WebhookProvider(
         addresses,
-        make_client(own.seconds("TIMEOUT", 10.0)),
-        allow_http=own.flag("ALLOW_HTTP"),
+        make_client(own.seconds("TIMEOUT", 10.0), guarded_transport(rules)),
+        allow_http=allow_http,
     )

@@ -24,11 +24,12 @@ from py_vapid import Vapid, VapidException  # type: ignore[import-untyped]
 from pywebpush import WebPusher, WebPushException  # type: ignore[import-untyped]
 
 from channels._http import make_client, post, raise_for_status
-from channels._targets import TargetFanout, TargetGone
+from channels._targets import TargetFanout, TargetGone, guarded_transport
 from notefly.addresses import AddressBook, Endpoint, EndpointKind
 from notefly.config import Settings
 from notefly.domain import Priority, Rendered
 from notefly.errors import ConfigurationError, NotFound, PermanentChannelError
+from notefly.netguard import TargetRules, allows_private
 from notefly.ports import SendResult
 from notefly.provider_settings import ProviderSettings
 from notefly.vapid import load_private_key
@@ -143,11 +144,16 @@ def WebPushChannel(settings: Settings, addresses: AddressBook) -> WebPushProvide
     """The ``push.webpush`` provider, from settings."""
     vapid = ProviderSettings(settings, "VAPID", "the webpush provider")
     own = ProviderSettings(settings, "WEBPUSH", "the webpush provider")
+    # Push endpoints are user-supplied URLs: the address connected to is checked at send
+    # time too, as for webhooks (a name may resolve elsewhere than at registration).
+    rules = TargetRules(
+        allow_loopback=own.flag("ALLOW_HTTP"), allow_private=allows_private(settings)
+    )
     return WebPushProvider(
         addresses,
         load_private_key(settings),
         vapid.required("SUBJECT"),
-        make_client(own.seconds("TIMEOUT", 10.0)),
+        make_client(own.seconds("TIMEOUT", 10.0), guarded_transport(rules)),
         ttl=own.integer("TTL", 86400, minimum=0),
         client_url=settings.client_url,
     )

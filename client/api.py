@@ -6,8 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from quart_schema.openapi import OpenAPIProvider
 
 from notefly import validation
+from notefly.apidocs import with_common_responses
 from notefly.domain import Category, Notification, Priority, Subscription, User
 from notefly.schedule import WEEKDAYS, Frequency, Schedule, parse_clock, parse_weekday
 
@@ -129,6 +131,17 @@ class UserOut(BaseModel):
             quiet_hours=QuietHoursIn.of(u.quiet_hours),
             created_at=u.created_at,
         )
+
+
+class RegisteredOut(UserOut):
+    token: str = Field(
+        description="The user's access token (Authorization: Bearer …), shown only here"
+    )
+
+
+class TokenOut(BaseModel):
+    user_id: str
+    token: str = Field(description="The new access token; the previous one no longer works")
 
 
 class UsersQuery(Strict):
@@ -305,3 +318,10 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class CommonResponses(OpenAPIProvider):
+    """The OpenAPI of the routes, with what any route may answer documented on each."""
+
+    def schema(self) -> dict[str, Any]:
+        return with_common_responses(super().schema())

@@ -13,7 +13,8 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 import notefly
-from client import channel_routes, inbox, ops, pages, routes
+from client import auth, channel_routes, export, inbox, ops, pages, routes
+from client.api import CommonResponses
 from client.web import install_error_handlers
 from notefly.containers import Container, resolve
 from notefly.ports import Store
@@ -36,6 +37,7 @@ def create_app(container: Container) -> Quart:
     QuartSchema(
         app,
         openapi_path="/openapi.json",
+        openapi_provider_class=CommonResponses,
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
@@ -61,4 +63,6 @@ def create_app(container: Container) -> Quart:
     app.register_blueprint(pages.blueprint)
     ops.install(app, container)  # /metrics, /readyz, /docs
     channel_routes.install(app, container)  # push, webhooks, Apprise, stream, unsubscribe
+    export.install(app, container)  # GET /users/<id>/export
+    auth.install(app, container)  # who may call what; every route has a policy
     return app

@@ -136,3 +136,55 @@ def _schema_30(node: Any) -> Any:
         if examples:
             out["example"] = examples[0]
     return out
+
+
+# What an operation may answer besides what its route documents, whatever the route:
+# the store cannot be reached (503 with Retry-After); and, for one that reads a body,
+# a body that is not JSON (400), larger than the limit (413), neither JSON nor a form
+# (415) or invalid (422). The error handlers give every one of them the error shape.
+COMMON_ERRORS = {503: "The store cannot be reached: retry after Retry-After seconds"}
+BODY_ERRORS = {
+    400: "The body is not JSON (or not UTF-8)",
+    413: "The body is larger than the configured limit",
+    415: "The body is neither JSON nor an HTML form",
+    422: "The body is well-formed but not acceptable; details name the fields",
+}
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def with_common_responses(spec: dict[str, Any], error_schema: str = "ErrorOut") -> dict[str, Any]:
+    """``spec`` with what every route may answer documented on each operation: the
+    errors above, and the 204 of a DELETE.
+
+    Operations that document no response at all (the HTML pages) are left alone: they
+    describe nothing to add to.
+    """
+    schemas = spec.get("components", {}).get("schemas", {})
+    schema = (
+        {"$ref": f"#/components/schemas/{error_schema}"}
+        if error_schema in schemas
+        else {"type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}
+    )
+    for operations in spec.get("paths", {}).values():
+        for method, operation in operations.items():
+            responses = operation.get("responses") if method in _METHODS else None
+            if not responses:
+                continue
+            if method == "delete" and not any(str(k).startswith("2") for k in responses):
+                # Every DELETE of the services answers 204 with no body when it is done.
+                key204: int | str = 204 if isinstance(next(iter(responses)), int) else "204"
+                responses[key204] = {"description": "Done; there is nothing to return"}
+            extra = {**COMMON_ERRORS, **(BODY_ERRORS if "requestBody" in operation else {})}
+            for status, description in extra.items():
+                if status in responses or str(status) in responses:
+                    continue
+                # The same kind of key as the route's (quart-schema writes ints).
+                key: int | str = status if isinstance(next(iter(responses)), int) else str(status)
+                responses.setdefault(
+                    key,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": schema}},
+                    },
+                )
+    return spec

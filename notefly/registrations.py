@@ -4,8 +4,10 @@ and Apprise URLs, the addresses of the push, webhook and apprise channels.
 What is registered is checked here, so nothing unusable reaches a provider: push and
 webhook URLs must be HTTPS (plain HTTP only to a loopback host, and only when a
 setting allows it, for tests and local development); an Apprise URL must parse and
-use an allowed service. Removing the last address of a channel that a subscription
-still uses is refused, as removing a user's email address is.
+use an allowed service; a host that resolves to a loopback or private address is
+refused (``notefly.netguard``; the providers check again when they send). Removing the
+last address of a channel that a subscription still uses is refused, as removing a
+user's email address is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from notefly.addresses import CHANNEL_KINDS, AddressBook, Endpoint, EndpointKind
 from notefly.config import Settings
 from notefly.errors import InvalidInput, NotFound
+from notefly.netguard import (
+    Resolver,
+    TargetRules,
+    allows_private,
+    check_host,
+    check_url_target,
+    resolve,
+)
 from notefly.ports import Clock, IdFactory, Store
 from notefly.provider_settings import ProviderSettings
 
@@ -45,6 +55,16 @@ class RegistrationPolicy:
     allow_http_webhooks: bool = False
     allow_http_push: bool = False
     apprise_schemes: frozenset[str] = field(default=DEFAULT_APPRISE_SCHEMES)
+    # Targets on loopback or private networks (SSRF, see notefly.netguard); the
+    # ALLOW_HTTP settings, for tests and local development, allow loopback.
+    allow_private_targets: bool = False
+
+    def rules(self, kind: EndpointKind) -> TargetRules:
+        loopback = {
+            EndpointKind.WEBHOOK: self.allow_http_webhooks,
+            EndpointKind.WEBPUSH: self.allow_http_push,
+        }.get(kind, False)
+        return TargetRules(allow_loopback=loopback, allow_private=self.allow_private_targets)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistrationPolicy:
@@ -60,6 +80,7 @@ class RegistrationPolicy:
                 if schemes
                 else DEFAULT_APPRISE_SCHEMES
             ),
+            allow_private_targets=allows_private(settings),
         )
 
 
@@ -86,7 +107,8 @@ def check_url(url: str, *, allow_http: bool, field_name: str = "url") -> str:
         raise _invalid(field_name, f"longer than {MAX_URL} characters")
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if not host or parts.scheme not in ("https", "http") or any(c.isspace() for c in url):
+    # No spaces nor control characters (a NUL, a line break) anywhere in it.
+    if not host or parts.scheme not in ("https", "http") or not url.isprintable() or " " in url:
         raise _invalid(field_name, "not an http(s) URL")
     if parts.scheme == "http" and not (allow_http and _is_loopback(host)):
         raise _invalid(field_name, "must be https://")
@@ -120,7 +142,7 @@ def apprise_service(url: str, schemes: frozenset[str]) -> NotifyBase:
 
     scheme, found, _rest = url.partition("://")
     scheme = scheme.lower()
-    if len(url) > MAX_URL or not found or not scheme.isalnum():
+    if len(url) > MAX_URL or not found or not scheme.isalnum() or not url.isprintable():
         raise _invalid("url", "not an Apprise URL, e.g. ntfys://ntfy.example.org/topic")
     if scheme not in schemes:
         raise _invalid("url", f"the {scheme}:// service is not allowed here")
@@ -132,8 +154,43 @@ def apprise_service(url: str, schemes: frozenset[str]) -> NotifyBase:
 
 def check_apprise_url(url: str, schemes: frozenset[str]) -> str:
     """Validate an Apprise URL; returns it with its credentials masked, to show."""
-    masked: str = apprise_service(url, schemes).url(privacy=True)  # type: ignore[no-untyped-call]
+    return _masked(apprise_service(url, schemes))
+
+
+def _masked(service: NotifyBase) -> str:
+    masked: str = service.url(privacy=True)  # type: ignore[no-untyped-call]
     return masked.partition("?")[0]
+
+
+# Apprise services that connect to the host their URL names (servers people run
+# themselves). The others call their vendor's API at a fixed address and the URL's
+# "host" is an id or a token there: discord://4174216298/... is no address to check.
+_OWN_HOST_SCHEMES = frozenset(
+    {"json", "jsons", "form", "forms", "xml", "xmls", "gotify", "gotifys"}
+    | {"mmost", "mmosts", "rocket", "rockets"}
+)
+
+
+def apprise_host(scheme: str, service: NotifyBase) -> tuple[str, int] | None:
+    """The host and port an Apprise service connects to, when its URL names them.
+
+    ntfy names a host only in its private mode (``ntfy://topic`` is ntfy.sh); Matrix
+    does except through t2bot. Services of other schemes are not checked.
+    """
+    mode = str(getattr(service, "mode", "") or "")
+    own = (
+        scheme in _OWN_HOST_SCHEMES
+        or (scheme in ("ntfy", "ntfys") and mode == "private")
+        or (scheme in ("matrix", "matrixs") and mode != "t2bot")
+    )
+    if not own or not service.host:
+        return None
+    return str(service.host), int(service.port or (443 if service.secure else 80))
+
+
+def _apprise_checked(url: str, schemes: frozenset[str]) -> tuple[str, tuple[str, int] | None]:
+    service = apprise_service(url, schemes)
+    return _masked(service), apprise_host(url.partition("://")[0].lower(), service)
 
 
 def new_webhook_secret() -> str:
@@ -153,12 +210,14 @@ class Registrations:
         ids: IdFactory,
         clock: Clock,
         policy: RegistrationPolicy,
+        resolver: Resolver = resolve,
     ) -> None:
         self._book = book
         self._store = store
         self._ids = ids
         self._clock = clock
         self.policy = policy
+        self._resolver = resolver
 
     async def _add(
         self, user_id: str, kind: EndpointKind, url: str, **extra: Any
@@ -180,6 +239,8 @@ class Registrations:
     ) -> tuple[Endpoint, bool]:
         check_url(endpoint, allow_http=self.policy.allow_http_push, field_name="endpoint")
         check_push_keys(p256dh, auth)
+        rules = self.policy.rules(EndpointKind.WEBPUSH)
+        await check_url_target(endpoint, rules, "endpoint", self._resolver)
         keys = {"p256dh": p256dh, "auth": auth}
         return await self._add(
             user_id, EndpointKind.WEBPUSH, endpoint, keys=keys, label=_origin(endpoint)
@@ -187,13 +248,17 @@ class Registrations:
 
     async def add_webhook(self, user_id: str, url: str) -> tuple[Endpoint, bool]:
         check_url(url, allow_http=self.policy.allow_http_webhooks)
+        await check_url_target(url, self.policy.rules(EndpointKind.WEBHOOK), "url", self._resolver)
         label = url if not urlsplit(url).password else _origin(url)
         keys = {"secret": new_webhook_secret()}
         return await self._add(user_id, EndpointKind.WEBHOOK, url, keys=keys, label=label)
 
     async def add_apprise_url(self, user_id: str, url: str) -> tuple[Endpoint, bool]:
         # Apprise parses on blocking code (its first use loads every plugin): off the loop.
-        label = await asyncio.to_thread(check_apprise_url, url, self.policy.apprise_schemes)
+        label, host = await asyncio.to_thread(_apprise_checked, url, self.policy.apprise_schemes)
+        if host is not None:
+            rules = self.policy.rules(EndpointKind.APPRISE)
+            await check_host(*host, rules, "url", self._resolver)
         return await self._add(user_id, EndpointKind.APPRISE, url, label=label)
 
     async def remove(self, user_id: str, kind: EndpointKind, endpoint_id: str) -> None:

@@ -6,9 +6,11 @@ a 422 at the HTTP edge, and ``Directory`` into ``InvalidInput`` for any other ca
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 import zoneinfo
+from typing import Any
 
 # The WHATWG form-validation grammar for an email address (what browsers accept in
 # <input type=email>), plus a dot in the domain: an address that can get mail.
@@ -28,6 +30,35 @@ def printable(value: str) -> str:
     # a NUL) there is at best garbage and at worst a header injection.
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise ValueError("control characters (newlines, tabs, ...) are not allowed")
+    return value
+
+
+# Line breaks and tabs belong in a message body; other control characters do not (and
+# PostgreSQL cannot store a NUL at all, in text or in JSON).
+_TEXT_CONTROLS = frozenset("\t\n\r")
+MAX_DATA_CHARS = 8192  # template data, as compact JSON
+
+
+def text(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" and ch not in _TEXT_CONTROLS for ch in value):
+        raise ValueError("control characters other than line breaks and tabs are not allowed")
+    return value
+
+
+def template_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Values a publisher hands to the templates: bounded in size, and no NUL anywhere."""
+    if len(json.dumps(value, ensure_ascii=False, separators=(",", ":"))) > MAX_DATA_CHARS:
+        raise ValueError(f"at most {MAX_DATA_CHARS} characters as compact JSON")
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise ValueError("a NUL character (\\u0000) is not allowed")
     return value
 
 

@@ -24,12 +24,15 @@ WITH_JSON = frozenset({"json", *DEFAULT_APPRISE_SCHEMES})
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async for found in make_world(tmp_path, rules=policy(apprise_schemes=WITH_JSON)):
+    # The peers are on loopback, which only this setting lets Apprise targets reach.
+    rules = policy(apprise_schemes=WITH_JSON, allow_private_targets=True)
+    async for found in make_world(tmp_path, rules=rules):
         yield found
 
 
 def provider(tmp_path: Path, world: World) -> AppriseProvider:
-    settings = Settings(data_dir=tmp_path, env={"NOTEFLY_APPRISE_SCHEMES": "json,ntfy"})
+    env = {"NOTEFLY_APPRISE_SCHEMES": "json,ntfy", "NOTEFLY_ALLOW_PRIVATE_TARGETS": "1"}
+    settings = Settings(data_dir=tmp_path, env=env)
     return AppriseChannel(settings, world.store)
 
 

@@ -55,6 +55,7 @@ def environment(tmp_path: Path, smtp_port: int, peer: HttpPeer) -> dict[str, str
         "NOTEFLY_WEBHOOK_ALLOW_HTTP": "1",
         "NOTEFLY_APPRISE_PROVIDER": "apprise",
         "NOTEFLY_APPRISE_SCHEMES": "json",
+        "NOTEFLY_ALLOW_PRIVATE_TARGETS": "1",  # the Apprise peer is on loopback
         "NOTEFLY_SHARDS_PER_CHANNEL": "2",
     }
 

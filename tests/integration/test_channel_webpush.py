@@ -33,12 +33,16 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield found
 
 
-def provider(tmp_path: Path, world: World) -> WebPushProvider:
+def provider(tmp_path: Path, world: World, allow_http: str = "1") -> WebPushProvider:
     create_keys(tmp_path)
     settings = Settings(
         data_dir=tmp_path,
         client_public_url="https://notefly.example.org",
-        env={"NOTEFLY_VAPID_SUBJECT": SUBJECT, "NOTEFLY_WEBPUSH_TTL": "3600"},
+        env={
+            "NOTEFLY_VAPID_SUBJECT": SUBJECT,
+            "NOTEFLY_WEBPUSH_TTL": "3600",
+            "NOTEFLY_WEBPUSH_ALLOW_HTTP": allow_http,  # the peers listen on loopback
+        },
     )
     return WebPushChannel(settings, world.store)
 
@@ -104,6 +108,21 @@ async def test_the_push_service_gets_an_encrypted_signed_message_the_browser_can
     assert claims["aud"] == peer.url and claims["sub"] == SUBJECT
     assert time.time() < claims["exp"] <= time.time() + 24 * 3600
     assert (result.provider, result.provider_message_id) == ("webpush", "/m/abc123")
+
+
+async def test_an_endpoint_on_loopback_is_refused_at_send_time_and_never_reached(
+    tmp_path: Path, world: World
+) -> None:
+    """A subscription stored with a loopback endpoint (as a name resolving there later
+    would be) fails permanently when loopback is not allowed; nothing is sent to it."""
+    async with HttpPeer(default=Reply(201)) as peer:
+        user = await subscribed(world, peer, Browser.new())
+        task = await world.task(user, "push", title="Rates up", body="The key rate rose.")
+        push = provider(tmp_path, world, allow_http="0")
+        with pytest.raises(PermanentChannelError, match="refused"):
+            await push.send(world.render(task), delivery_id=task.id)
+        await push.aclose()
+    assert peer.requests == []
 
 
 async def test_every_browser_of_the_user_gets_it_with_fresh_claims(
