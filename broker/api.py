@@ -205,4 +205,6 @@ class CommonResponses(OpenAPIProvider):
     """The OpenAPI of the routes, with what any route may answer documented on each."""
 
     def schema(self) -> dict[str, Any]:
-        return with_common_responses(super().schema())
+        from broker.auth import ROUTES  # imported here: that module imports this one
+
+        return with_common_responses(super().schema(), protected=ROUTES.protected)

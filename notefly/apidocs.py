@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +151,23 @@ BODY_ERRORS = {
     415: "The body is neither JSON nor an HTML form",
     422: "The body is well-formed but not acceptable; details name the fields",
 }
+AUTH_ERRORS = {
+    401: "No valid credential: send Authorization: Bearer <key or token>",
+    403: "The credential is valid but does not allow this",
+}
 _METHODS = ("get", "put", "post", "delete", "patch")
+_PARAMETER = re.compile(r"\{(\w+)\}")
+
+# Whether a route needs a credential once keys are on: (METHOD, Quart rule) -> bool.
+Protected = Callable[[str, str], bool]
 
 
-def with_common_responses(spec: dict[str, Any], error_schema: str = "ErrorOut") -> dict[str, Any]:
+def with_common_responses(
+    spec: dict[str, Any], error_schema: str = "ErrorOut", protected: Protected | None = None
+) -> dict[str, Any]:
     """``spec`` with what every route may answer documented on each operation: the
-    errors above, and the 204 of a DELETE.
+    errors above, the 204 of a DELETE, and for the routes ``protected`` names, the
+    bearer scheme with its 401 and 403.
 
     Operations that document no response at all (the HTML pages) are left alone: they
     describe nothing to add to.
@@ -165,16 +178,31 @@ def with_common_responses(spec: dict[str, Any], error_schema: str = "ErrorOut") 
         if error_schema in schemas
         else {"type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}
     )
-    for operations in spec.get("paths", {}).values():
+    if protected is not None:
+        components = spec.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An admin or publisher key, or a user's token (see Security)",
+        }
+    for path, operations in spec.get("paths", {}).items():
+        rule = _PARAMETER.sub(r"<\1>", path)
         for method, operation in operations.items():
             responses = operation.get("responses") if method in _METHODS else None
             if not responses:
                 continue
+            guarded = protected is not None and protected(method.upper(), rule)
+            if guarded:
+                operation["security"] = [{"bearer": []}]
             if method == "delete" and not any(str(k).startswith("2") for k in responses):
                 # Every DELETE of the services answers 204 with no body when it is done.
                 key204: int | str = 204 if isinstance(next(iter(responses)), int) else "204"
                 responses[key204] = {"description": "Done; there is nothing to return"}
-            extra = {**COMMON_ERRORS, **(BODY_ERRORS if "requestBody" in operation else {})}
+            extra = {
+                **COMMON_ERRORS,
+                **(BODY_ERRORS if "requestBody" in operation else {}),
+                **(AUTH_ERRORS if guarded else {}),
+            }
             for status, description in extra.items():
                 if status in responses or str(status) in responses:
                     continue

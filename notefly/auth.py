@@ -231,6 +231,10 @@ class RouteTable:
                 return access
         return None
 
+    def protected(self, method: str, rule: str) -> bool:
+        """Whether the route needs a credential once keys are on (the API docs say so)."""
+        return self.access(method, rule) not in (Access.OPEN, Access.REGISTER)
+
     def access(self, method: str, rule: str) -> Access:
         return self.lookup(method, rule) or Access.ADMIN
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notefly.apidocs import docs_page, openapi_30
+from notefly.apidocs import docs_page, openapi_30, with_common_responses
 
 
 def test_nullable_values_become_3_0_nullable():
@@ -42,3 +42,28 @@ def test_the_docs_page_escapes_its_title_and_loads_local_files():
     html = docs_page("<Notefly>")
     assert "&lt;Notefly&gt;" in html and "<Notefly>" not in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_protected_routes_document_the_bearer_scheme_and_its_refusals():
+    spec = {
+        "paths": {
+            "/users/{user_id}": {"get": {"responses": {200: {"description": "the user"}}}},
+            "/healthz": {"get": {"responses": {200: {"description": "alive"}}}},
+        },
+        "components": {"schemas": {}},
+    }
+    seen: list[tuple[str, str]] = []
+
+    def protected(method: str, rule: str) -> bool:
+        seen.append((method, rule))
+        return rule.startswith("/users/")
+
+    out = with_common_responses(spec, protected=protected)
+    assert sorted(seen) == [("GET", "/healthz"), ("GET", "/users/<user_id>")]
+    user = out["paths"]["/users/{user_id}"]["get"]
+    assert user["security"] == [{"bearer": []}]
+    assert {200, 401, 403, 503} <= set(user["responses"])
+    health = out["paths"]["/healthz"]["get"]
+    assert "security" not in health
+    assert 401 not in health["responses"] and 503 in health["responses"]
+    assert out["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
