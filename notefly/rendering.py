@@ -4,18 +4,26 @@ A part of a channel is looked up as ``{channel}/{category}.{part}``, then as
 ``{channel}/default.{part}``; a channel with no templates of its own (a future
 "webhook") falls back to ``generic/default.{part}``. Operators put their own templates
 in override folders, which are searched before the packaged ``notefly/templates``.
+
+Most parts read only the message. Such a part is rendered once per message and its
+text reused for every recipient of that message; parts that read the recipient (a
+greeting by name) are rendered per recipient. Which is which is decided once per
+template, from its source and every template it extends, includes or imports.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+import jinja2.meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notefly.domain import Message, Recipient, Rendered
 from notefly.errors import ConfigurationError
@@ -30,6 +38,12 @@ CHANNEL_PARTS: Final[dict[str, tuple[str, ...]]] = {
     "push": ("title.txt", "body.txt"),
     GENERIC: ("subject.txt", "txt"),
 }
+
+# The context keys that differ between the recipients of one message (see _context).
+RECIPIENT_KEYS: Final = frozenset({"recipient", "name"})
+# Messages whose recipient-independent parts are kept; a fan-out renders one message at
+# a time per shard, so a few hundred covers every shard's current message with room.
+MESSAGE_CACHE_SIZE: Final = 256
 
 SUBJECT_MAX: Final = 200
 # Longer push titles and bodies are cut by APNs/FCM displays anyway, and unpredictably.
@@ -98,10 +112,11 @@ def build_environment(override_dirs: Sequence[Path] = ()) -> jinja2.Environment:
         override_dirs: folders searched, in order, before the packaged templates.
 
     Returns:
-        A ``SandboxedEnvironment``, since publisher-supplied data reaches the templates,
-        that autoescapes ``.html`` templates only.
+        An ``ImmutableSandboxedEnvironment``, since publisher-supplied data reaches the
+        templates (immutable: a template cannot change the message that later renders,
+        and other recipients, share), that autoescapes ``.html`` templates only.
     """
-    return SandboxedEnvironment(
+    return ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader([*override_dirs, PACKAGE_TEMPLATES]),
         autoescape=jinja2.select_autoescape(["html"], default_for_string=False, default=False),
         # Chainable so templates may test optional fields: {% if data.quote.symbol %}.
@@ -125,10 +140,15 @@ class TemplateRenderer:
     never searches the loader again.
     """
 
-    def __init__(self, env: jinja2.Environment) -> None:
+    def __init__(
+        self, env: jinja2.Environment, *, message_cache_size: int = MESSAGE_CACHE_SIZE
+    ) -> None:
         self._env = env
         # Filled without a lock: two threads racing on a key resolve the same template.
         self._templates: dict[tuple[str, str, str], jinja2.Template] = {}
+        # Templates whose output cannot depend on the recipient, decided when resolved.
+        self._shared: set[jinja2.Template] = set()
+        self._messages = _MessageParts(message_cache_size)
 
     def template(self, channel: str, category_id: str, part: str) -> jinja2.Template:
         """The template used for one part of a channel and a category.
@@ -139,8 +159,15 @@ class TemplateRenderer:
         key = (channel, category_id, part)
         found = self._templates.get(key)
         if found is None:
-            found = self._templates[key] = self._resolve(channel, category_id, part)
+            found = self._resolve(channel, category_id, part)
+            if not _reads_recipient(self._env, found):
+                self._shared.add(found)
+            self._templates[key] = found
         return found
+
+    def is_per_recipient(self, template: jinja2.Template) -> bool:
+        """Whether a template resolved by this renderer may read the recipient."""
+        return template not in self._shared
 
     def validate(self, channels: Iterable[str]) -> None:
         """Resolve every part of these channels now, so a missing template fails start-up.
@@ -158,12 +185,33 @@ class TemplateRenderer:
         Raises:
             ConfigurationError: a template the channel needs is missing.
         """
-        context = _context(message, recipient)
-        out = {
-            part: self.template(channel, message.category_id, part).render(context).strip()
-            for part in _parts(channel)
+        templates = {
+            part: self.template(channel, message.category_id, part) for part in _parts(channel)
         }
+        context = _context(message, recipient)
+        shared = [part for part, template in templates.items() if template in self._shared]
+        out = self._message_parts(channel, message, templates, shared, context) if shared else {}
+        for part, template in templates.items():
+            if part not in out:
+                out[part] = template.render(context).strip()
         return self._finish(channel, out, recipient, message.category_id)
+
+    def _message_parts(
+        self,
+        channel: str,
+        message: Message,
+        templates: dict[str, jinja2.Template],
+        shared: list[str],
+        context: dict[str, Any],
+    ) -> dict[str, str]:
+        # The templates are part of what is compared: a new template renders anew.
+        version = tuple(templates[part] for part in shared)
+        found = self._messages.get((channel, message.id), message, version)
+        if found is None:
+            # A part that raises is not kept: each of its deliveries fails on its own.
+            found = {part: templates[part].render(context).strip() for part in shared}
+            self._messages.put((channel, message.id), message, version, found)
+        return dict(found)
 
     def render_digest(
         self, channel: str, items: Sequence[Message], recipient: Recipient
@@ -224,6 +272,81 @@ class TemplateRenderer:
                 f"template {exc.name!r} line {exc.lineno}: {exc.message}",
                 details={"template": exc.name, "line": exc.lineno},
             ) from exc
+
+
+class _MessageParts:
+    """A bounded, least-recently-used map of (channel, message id) to rendered parts.
+
+    Shard threads render concurrently, so every access holds the lock; rendering a
+    missing entry happens outside it, and two threads racing on one simply both render.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ConfigurationError("the message render cache needs room for one message")
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[
+            tuple[str, str], tuple[Message, tuple[jinja2.Template, ...], dict[str, str]]
+        ] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(
+        self, key: tuple[str, str], message: Message, version: tuple[jinja2.Template, ...]
+    ) -> dict[str, str] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+        kept, kept_version, parts = entry
+        # An id names one message, but compare anyway: a stale entry must never be sent.
+        if kept_version != version or (kept is not message and kept != message):
+            return None
+        return parts
+
+    def put(
+        self,
+        key: tuple[str, str],
+        message: Message,
+        version: tuple[jinja2.Template, ...],
+        parts: dict[str, str],
+    ) -> None:
+        with self._lock:
+            self._entries[key] = (message, version, parts)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+def _reads_recipient(env: jinja2.Environment, template: jinja2.Template) -> bool:
+    """Whether a template, or any template it pulls in, uses a recipient context key.
+
+    Errs towards yes: a template name computed at render time, or a source that cannot
+    be read, counts as reading the recipient.
+    """
+    if env.loader is None or template.name is None:
+        return True
+    pending, seen = [template.name], set[str]()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            source, filename, _ = env.loader.get_source(env, name)
+            tree = env.parse(source, name, filename)
+        except jinja2.TemplateError:
+            return True
+        if jinja2.meta.find_undeclared_variables(tree) & RECIPIENT_KEYS:
+            return True
+        for referenced in jinja2.meta.find_referenced_templates(tree):
+            if referenced is None:
+                return True
+            pending.append(referenced)
+    return False
 
 
 def _parts(channel: str) -> tuple[str, ...]:
