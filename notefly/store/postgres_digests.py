@@ -54,6 +54,10 @@ async def claim_digests(
     conn: asyncpg.Connection, node_id: str, now: datetime, limit: int
 ) -> list[DeliveryTask]:
     """Inside a transaction: due digests waiting for a node, then new ones."""
+    # A slot starts with few digests: a generic plan made then (a connection keeps its
+    # prepared statements) scans the whole digests table, which grows with every claim.
+    # Plans made for each call see the table's size as it is now, and use its indexes.
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     rows = await conn.fetch(
         "WITH picked AS (SELECT id FROM digests WHERE status = 'queued' AND owner IS NULL"
         " AND (not_before IS NULL OR not_before <= $2) ORDER BY id LIMIT $3"
@@ -64,90 +68,125 @@ async def claim_digests(
         limit,
     )
     ids = sorted(row[0] for row in rows)
-    groups = await conn.fetch(
-        "SELECT user_id, channel FROM deliveries WHERE mode = 'digest' AND status = 'queued'"
-        " AND digest_id IS NULL AND not_before <= $1 GROUP BY user_id, channel LIMIT $2",
-        now,
-        limit - len(ids),
-    )
-    for user_id, channel in groups:
-        gid = await _form_digest(conn, node_id, user_id, channel, now)
-        if gid is not None:
-            ids.append(gid)
-    return [await _digest_task(conn, gid) for gid in ids]
+    # Pairs are found along the index of what is collected, oldest due first, a few rows
+    # at a time: a GROUP BY over every collected delivery would sort all of them at each
+    # claim, what earlier claims took included (quadratic in a big slot). A pair another
+    # node is forming right now (its rows locked) is passed over, not waited for.
+    passed: set[tuple[str, str]] = set()
+    while len(ids) < limit:
+        found = await conn.fetch(
+            "SELECT user_id, channel FROM deliveries WHERE mode = 'digest'"
+            " AND status = 'queued' AND digest_id IS NULL AND not_before <= $1"
+            " AND (user_id, channel) NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))"
+            " ORDER BY not_before LIMIT $4",
+            now,
+            [user_id for user_id, _ in passed],
+            [channel for _, channel in passed],
+            limit - len(ids),
+        )
+        if not found:
+            break
+        wanted = list(dict.fromkeys((row[0], row[1]) for row in found))
+        formed = await _form_digests(conn, node_id, wanted, now)
+        passed.update(pair for pair in wanted if pair not in formed)
+        ids += formed.values()
+    return await _digest_tasks(conn, ids)
 
 
-async def _form_digest(
-    conn: asyncpg.Connection, node_id: str, user_id: str, channel: str, now: datetime
-) -> str | None:
-    """One digest of what is due for a user and channel and not being formed by another
-    node right now; None when another node took it all."""
-    items: list[str] = await conn.fetchval(
-        "SELECT array_agg(id ORDER BY id) FROM (SELECT id FROM deliveries"
-        " WHERE user_id = $1 AND channel = $2 AND mode = 'digest' AND status = 'queued'"
-        " AND digest_id IS NULL AND not_before <= $3 FOR UPDATE SKIP LOCKED) AS due",
-        user_id,
-        channel,
+async def _form_digests(
+    conn: asyncpg.Connection, node_id: str, pairs: Sequence[tuple[str, str]], now: datetime
+) -> dict[tuple[str, str], str]:
+    """One digest for each (user, channel) of what is due and not being formed by another
+    node right now; the digest ids by pair, in the order of ``pairs``, without the pairs
+    another node took it all of."""
+    rows = await conn.fetch(
+        "SELECT id, user_id, channel FROM deliveries"
+        " WHERE (user_id, channel) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+        " AND mode = 'digest' AND status = 'queued' AND digest_id IS NULL"
+        " AND not_before <= $3 ORDER BY id FOR UPDATE SKIP LOCKED",
+        [user_id for user_id, _ in pairs],
+        [channel for _, channel in pairs],
         now,
     )
-    if not items:
-        return None
-    gid = make_digest_id(user_id, channel, items[0])
+    items: dict[tuple[str, str], list[str]] = {}
+    for delivery_id, user_id, channel in rows:
+        items.setdefault((user_id, channel), []).append(delivery_id)
+    formed = {pair: make_digest_id(*pair, items[pair][0]) for pair in pairs if pair in items}
+    if not formed:
+        return formed
     await conn.execute(
-        "UPDATE deliveries SET digest_id = $1, owner = $2 WHERE id = ANY($3::text[])",
-        gid,
+        "UPDATE deliveries d SET digest_id = c.digest_id, owner = $1"
+        " FROM unnest($2::text[], $3::text[]) AS c(id, digest_id) WHERE d.id = c.id",
         node_id,
-        items,
+        [delivery_id for pair, ids in items.items() for delivery_id in ids],
+        [formed[pair] for pair, ids in items.items() for _ in ids],
     )
     await conn.execute(
         "INSERT INTO digests (id, user_id, channel, status, owner, items, created_at,"
-        " updated_at) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $6)"
+        " updated_at) SELECT n.id, n.user_id, n.channel, 'queued', $1, n.items, $6, $6"
+        " FROM unnest($2::text[], $3::text[], $4::text[], $5::int[])"
+        " AS n(id, user_id, channel, items)"
         " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,"
         " items = digests.items + excluded.items",
-        gid,
-        user_id,
-        channel,
         node_id,
-        len(items),
+        list(formed.values()),
+        [user_id for user_id, _ in formed],
+        [channel for _, channel in formed],
+        [len(items[pair]) for pair in formed],
         now,
     )
-    return gid
+    return formed
 
 
-async def _digest_task(conn: asyncpg.Connection, gid: str) -> DeliveryTask:
-    row = await conn.fetchrow(
-        "SELECT g.user_id, g.channel, g.attempts, u.name, u.email, u.phone, u.push_token,"
-        " u.timezone FROM digests g LEFT JOIN users u ON u.id = g.user_id WHERE g.id = $1",
-        gid,
-    )
-    assert row is not None
-    user_id, channel, attempts, name, email, phone, push_token, tz = row
-    rows = await conn.fetch(
-        f"SELECT {_MESSAGE_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"
-        " WHERE d.digest_id = $1 ORDER BY m.accepted_at DESC, m.id DESC",
-        gid,
-    )
-    items = tuple(
-        Message(
-            id=r[0],
-            category_id=r[1],
-            title=r[2],
-            body=r[3],
-            data=r[4],
-            priority=Priority(r[5]),
-            idempotency_key=r[6],
-            accepted_at=r[7],
+async def _digest_tasks(conn: asyncpg.Connection, ids: Sequence[str]) -> list[DeliveryTask]:
+    """The tasks of these digests, in this order, read in three queries whatever their
+    number."""
+    heads = {
+        row[0]: row[1:]
+        for row in await conn.fetch(
+            "SELECT g.id, g.user_id, g.channel, g.attempts, u.name, u.email, u.phone,"
+            " u.push_token, u.timezone FROM digests g LEFT JOIN users u ON u.id = g.user_id"
+            " WHERE g.id = ANY($1::text[])",
+            list(ids),
         )
-        for r in rows
+    }
+    items: dict[str, list[Message]] = {}
+    for r in await conn.fetch(
+        f"SELECT d.digest_id, {_MESSAGE_COLUMNS} FROM deliveries d"
+        " JOIN messages m ON m.id = d.message_id WHERE d.digest_id = ANY($1::text[])"
+        " ORDER BY d.digest_id, m.accepted_at DESC, m.id DESC",
+        list(ids),
+    ):
+        items.setdefault(r[0], []).append(
+            Message(
+                id=r[1],
+                category_id=r[2],
+                title=r[3],
+                body=r[4],
+                data=r[5],
+                priority=Priority(r[6]),
+                idempotency_key=r[7],
+                accepted_at=r[8],
+            )
+        )
+    recorded = dict(
+        await conn.fetch(
+            "SELECT DISTINCT ON (digest_id) digest_id, recipient FROM deliveries"
+            " WHERE digest_id = ANY($1::text[]) AND recipient IS NOT NULL ORDER BY digest_id",
+            list(ids),
+        )
     )
-    user = User(user_id, name or "", email, phone, push_token, tz or "UTC")
-    recorded = await conn.fetchval(
-        "SELECT recipient FROM deliveries WHERE digest_id = $1 AND recipient IS NOT NULL LIMIT 1",
-        gid,
-    )
-    address = task_address(user, channel, recorded)
-    recipient = Recipient(user_id, user.name, address, user.timezone)
-    return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
+    tasks = []
+    for gid in ids:
+        user_id, channel, attempts, name, email, phone, push_token, tz = heads[gid]
+        user = User(user_id, name or "", email, phone, push_token, tz or "UTC")
+        address = task_address(user, channel, recorded.get(gid))
+        recipient = Recipient(user_id, user.name, address, user.timezone)
+        carried = tuple(items[gid])
+        tasks.append(
+            DeliveryTask(gid, carried[0], channel, recipient, attempts=attempts, items=carried)
+        )
+    return tasks
 
 
 async def record_digests(conn: asyncpg.Connection, columns: Sequence[Sequence[Any]]) -> None:
