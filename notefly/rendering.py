@@ -159,10 +159,12 @@ class TemplateRenderer:
         key = (channel, category_id, part)
         found = self._templates.get(key)
         if found is None:
-            found = self._resolve(channel, category_id, part)
-            if not _reads_recipient(self._env, found):
-                self._shared.add(found)
-            self._templates[key] = found
+            resolved = self._resolve(channel, category_id, part)
+            if not _reads_recipient(self._env, resolved):
+                self._shared.add(resolved)
+            # Shard threads may resolve one key at once: the first one kept is the one
+            # every thread uses, so the message cache sees a single template version.
+            found = self._templates.setdefault(key, resolved)
         return found
 
     def is_per_recipient(self, template: jinja2.Template) -> bool:
