@@ -340,6 +340,8 @@ class BreakerChannel:
         self.breaker = breaker
         self.name = inner.name
         self.provider = inner.provider
+        # The breaker's own work never waits, so it keeps the promise of what it wraps.
+        self.immediate = bool(getattr(inner, "immediate", False))
         self.closing = False  # the node is stopping: what fails now says nothing
 
     async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:

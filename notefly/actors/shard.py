@@ -362,13 +362,8 @@ class ChannelShard(pykka.ThreadingActor):
 def sends_immediately(channel: Channel) -> bool:
     """Whether the provider declares that its ``send`` never waits (``immediate =
     True``, the log providers): it records and returns without suspending, so a round
-    calls it in turn, without a task or a timeout per delivery. A channel that wraps
-    another (``inner``, the circuit breaker) and waits for nothing else of its own
-    keeps the promise of what it wraps."""
-    inner = getattr(channel, "inner", None)
-    return bool(getattr(channel, "immediate", False)) or (
-        inner is not None and bool(getattr(inner, "immediate", False))
-    )
+    calls it in turn, without a task or a timeout per delivery."""
+    return bool(getattr(channel, "immediate", False))
 
 
 def _bind(task: DeliveryTask) -> None:
