@@ -23,6 +23,8 @@ from broker.web import FORM_TYPES, error_body, services
 from notefly.auth import (
     ANONYMOUS,
     OPEN,
+    SERVICE_OPEN,
+    SERVICE_OPEN_PREFIXES,
     Access,
     Authenticator,
     Forbidden,
@@ -46,12 +48,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 ROUTES = RouteTable(
     exact={
-        ("GET", "/"): Access.OPEN,
-        ("GET", "/healthz"): Access.OPEN,
-        ("GET", "/readyz"): Access.OPEN,
-        ("GET", "/metrics"): Access.OPEN,
-        ("GET", "/openapi.json"): Access.OPEN,
-        ("GET", "/categories"): Access.OPEN,
+        **SERVICE_OPEN,
         ("POST", "/categories"): Access.ADMIN,
         ("GET", "/pub"): Access.OPEN,
         ("POST", "/pub"): Access.PUBLISH,
@@ -63,8 +60,7 @@ ROUTES = RouteTable(
         ("POST", "/dashboard/sign-out"): Access.OPEN,
     },
     prefixes=(
-        ("/docs", Access.OPEN),
-        ("/static", Access.OPEN),
+        *SERVICE_OPEN_PREFIXES,
         ("/dashboard", Access.ADMIN),
         ("/deliveries", Access.ADMIN),
     ),

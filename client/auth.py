@@ -22,6 +22,8 @@ from client.api import ErrorOut, TokenOut
 from client.web import FORM_TYPES, error_body, services, settings
 from notefly.auth import (
     OPEN,
+    SERVICE_OPEN,
+    SERVICE_OPEN_PREFIXES,
     Access,
     Authenticator,
     Forbidden,
@@ -55,12 +57,7 @@ OWN_CREDENTIAL = frozenset({"/users", "/sub/sign-in", "/unsubscribe/<token>"})
 
 ROUTES = RouteTable(
     exact={
-        ("GET", "/"): Access.OPEN,
-        ("GET", "/healthz"): Access.OPEN,
-        ("GET", "/readyz"): Access.OPEN,
-        ("GET", "/metrics"): Access.OPEN,
-        ("GET", "/openapi.json"): Access.OPEN,
-        ("GET", "/categories"): Access.OPEN,
+        **SERVICE_OPEN,
         ("GET", "/channels"): Access.OPEN,
         ("GET", "/push/vapid-public-key"): Access.OPEN,
         ("GET", "/sub"): Access.OPEN,  # shows the sign-in form to strangers
@@ -72,8 +69,7 @@ ROUTES = RouteTable(
         ("GET", "/users"): Access.ADMIN,
     },
     prefixes=(
-        ("/docs", Access.OPEN),
-        ("/static", Access.OPEN),
+        *SERVICE_OPEN_PREFIXES,
         ("/unsubscribe", Access.OPEN),  # the signed link is the capability
         ("/users/<user_id>", Access.USER),
     ),

@@ -239,6 +239,22 @@ class RouteTable:
         return self.lookup(method, rule) or Access.ADMIN
 
 
+# What both services serve to anyone: the index, probes, metrics, API docs, assets and
+# the catalogue of categories.
+SERVICE_OPEN: Mapping[tuple[str, str], Access] = {
+    ("GET", "/"): Access.OPEN,
+    ("GET", "/healthz"): Access.OPEN,
+    ("GET", "/readyz"): Access.OPEN,
+    ("GET", "/metrics"): Access.OPEN,
+    ("GET", "/openapi.json"): Access.OPEN,
+    ("GET", "/categories"): Access.OPEN,
+}
+SERVICE_OPEN_PREFIXES: tuple[tuple[str, Access], ...] = (
+    ("/docs", Access.OPEN),
+    ("/static", Access.OPEN),
+)
+
+
 def authorize(
     principal: Principal,
     access: Access,
