@@ -249,16 +249,9 @@ class PrometheusObserver:
         attempt: int,
         latency_seconds: float | None,
     ) -> None:
-        try:
-            name = provider or UNKNOWN
-            m = self.metrics
-            m.child(m.deliveries, channel, name, status).inc()
-            if latency_seconds is not None:
-                m.child(m.provider_latency, channel, name).observe(latency_seconds)
-            if status == "failed":
-                m.child(m.dead_letters, channel, name).inc()
-        except Exception:
-            log.exception("metrics.error", hook="delivery_finished")
+        """One delivery: a round of one."""
+        latencies = [] if latency_seconds is None else [latency_seconds]
+        self.deliveries_finished(channel, provider, {status: 1}, latencies)
 
     def deliveries_finished(
         self,
