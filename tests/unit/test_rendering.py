@@ -226,6 +226,23 @@ def test_override_dir_beats_the_packaged_template(tmp_path: Path) -> None:
     assert renderer.render("sms", finance, recipient()).text == "FIN: Up 3%"
 
 
+def test_included_templates_are_read_once_per_process(tmp_path: Path) -> None:
+    # An email body renders per recipient and extends its layout each time: the
+    # layout is loaded once, not looked up on disk again at every render.
+    (tmp_path / "email").mkdir()
+    layout = tmp_path / "email" / "_layout.html"
+    layout.write_text("<p>{% block content %}{% endblock %}</p>", encoding="utf-8")
+    (tmp_path / "email" / "default.html").write_text(
+        '{% extends "email/_layout.html" %}{% block content %}Hi {{ name }}{% endblock %}',
+        encoding="utf-8",
+    )
+    renderer = TemplateRenderer(build_environment([tmp_path]))
+    assert renderer.render("email", message(), recipient("a@example.org")).html == "<p>Hi Ada</p>"
+    layout.write_text("<div>{% block content %}{% endblock %}</div>", encoding="utf-8")
+    again = renderer.render("email", message(id="m_2"), recipient("a@example.org"))
+    assert again.html == "<p>Hi Ada</p>"
+
+
 def test_unknown_channel_falls_back_to_generic(renderer: TemplateRenderer) -> None:
     rendered = renderer.render("webhook", message(), recipient("https://hooks.example.org/x"))
     assert rendered.channel == "webhook"
