@@ -135,6 +135,26 @@ class FanoutPage:
 
 
 @dataclass(frozen=True, slots=True)
+class PageRequest:
+    """The first page of a fan-out, planned in the transaction that commits its message:
+    a small audience is then delivered without a second write before it goes out."""
+
+    limit: int  # users of the audience in this page
+    channels: Sequence[str]  # the channels the node delivers
+    owner: str  # the node that sends what goes out now
+    throttles: Mapping[str, Throttle]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message: Message  # as stored (the original one, for a repeated idempotency key)
+    created: bool
+    # The first page, already recorded; None when the message was not created now or
+    # its page could not be planned (the fan-out then plans it as any other page).
+    page: FanoutPage | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     fanout_done: bool
     by_status: dict[str, int]
@@ -165,6 +185,12 @@ class Store(Protocol):
     async def accept_message(
         self, message: Message, *, owner: str | None = None
     ) -> tuple[Message, bool]: ...
+    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+        """``accept_message`` with the first page of its fan-out in the same transaction
+        (``fanout_page`` from the start, for ``request.owner``). A page that fails is
+        rolled back alone: the message is still accepted, with ``page`` None."""
+        ...
+
     async def get_message(self, message_id: str) -> Message: ...
     async def delivery_counts(self, message_id: str) -> DeliveryCounts: ...
     async def list_deliveries(self, message_id: str) -> list[Delivery]: ...

@@ -24,14 +24,30 @@ from notefly.domain import (
     User,
 )
 from notefly.errors import InvalidInput, Overloaded
-from notefly.ports import Clock, DeliveryCounts, IdFactory, NullObserver, Observer, Store
+from notefly.ports import (
+    Clock,
+    DeliveryCounts,
+    FanoutPage,
+    IdFactory,
+    NullObserver,
+    Observer,
+    PageRequest,
+    Store,
+)
 from notefly.schedule import QuietHours, Schedule, next_due
 
 
 class Dispatcher(Protocol):
     node_id: str  # the node that fans out what it accepts
 
-    def publish(self, message: Message) -> None: ...
+    def first_page(self) -> PageRequest | None:
+        """The page of a new message's audience to plan with its commit; None when the
+        fan-out should plan all of it (the node has no room for more deliveries)."""
+        ...
+
+    def publish(self, message: Message, first: FanoutPage | None = None) -> None:
+        """Start delivering a committed message, whose ``first`` page may be planned."""
+        ...
 
     def overloaded(self) -> bool: ...
 
@@ -85,14 +101,23 @@ class Publisher:
             deliver_at=cmd.deliver_at,
         )
         later = cmd.deliver_at is not None and cmd.deliver_at > message.accepted_at
-        # A scheduled message has no owner: whichever node is up when it is due claims it.
-        stored, created = await self._store.accept_message(
-            message, owner=None if later else self._dispatcher.node_id
-        )
+        request = None if later else self._dispatcher.first_page()
+        if request is not None:
+            # The first page commits with the message: a small audience is on its way
+            # without another write, and an empty one is done at once.
+            accepted = await self._store.accept_with_page(message, request)
+            stored, created, first = accepted.message, accepted.created, accepted.page
+        else:
+            # A scheduled message has no owner: whichever node is up when it is due
+            # claims it.
+            stored, created = await self._store.accept_message(
+                message, owner=None if later else self._dispatcher.node_id
+            )
+            first = None
         if created:
             self._observer.message_accepted(stored.category_id)
             if not later:
-                self._dispatcher.publish(stored)
+                self._dispatcher.publish(stored, first)
         return stored, created
 
 

@@ -33,7 +33,7 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import DeliveryCounts, FanoutPage, SendResult
+from notefly.ports import Accepted, DeliveryCounts, FanoutPage, PageRequest, SendResult
 from notefly.schedule import Throttle
 
 SEED_CATEGORIES = (
@@ -206,6 +206,23 @@ class FakeStore:
         self.messages[message.id] = message
         self.fanouts[message.id] = _Fanout(owner=owner)
         return message, True
+
+    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+        stored, created = await self.accept_message(message, owner=request.owner)
+        if not created:
+            return Accepted(stored, False, None)
+        try:
+            page = await self.fanout_page(
+                message,
+                None,
+                request.limit,
+                request.channels,
+                owner=request.owner,
+                throttles=request.throttles,
+            )
+        except StoreDown:  # a scripted failure: the fan-out plans the page later
+            return Accepted(stored, True, None)
+        return Accepted(stored, True, page)
 
     async def get_message(self, message_id: str) -> Message:
         try:

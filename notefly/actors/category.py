@@ -60,7 +60,7 @@ class CategoryActor(pykka.ThreadingActor):
             log.exception("category.error", category=self.category_id)
 
     def _next_page(self, fanout: Fanout) -> None:
-        self.active.setdefault(fanout.message.id, 0)
+        self.active.setdefault(fanout.message.id, fanout.handed)
         if not self._has_room():
             # The node holds as many deliveries as it may: resolve the next page of
             # the audience when the shards have worked some off (bounded memory).

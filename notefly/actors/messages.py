@@ -12,7 +12,8 @@ from notefly.domain import DeliveryTask, Message
 @dataclass(frozen=True, slots=True)
 class Fanout:
     message: Message
-    cursor: str | None = None  # resume after this user id (recovery)
+    cursor: str | None = None  # resume after this user id (recovery, or after a first page)
+    handed: int = 0  # deliveries of the message handed on before this fan-out began
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,24 @@ from notefly.actors.messages import Deliver, Fanout, Sweep
 from notefly.actors.pump import PumpSettings, WorkPump
 from notefly.actors.shard import ChannelShard, ShardSettings
 from notefly.domain import DeliveryTask, Message
-from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
+from notefly.ports import (
+    Channel,
+    Clock,
+    FanoutPage,
+    NullObserver,
+    Observer,
+    PageRequest,
+    Renderer,
+    Store,
+)
 from notefly.schedule import Throttle
 
 log = structlog.get_logger("notefly.actors")
 
 ShardKey = tuple[str, int]  # (channel, shard index)
+# Users in the page planned with a message's commit: enough for most audiences of a
+# direct notification, small enough that accepting a broadcast stays quick.
+FIRST_PAGE_USERS = 64
 
 
 class ActorSystem:
@@ -48,6 +60,7 @@ class ActorSystem:
         node_id: str = "local",
         shards_per_channel: int = 4,
         page_size: int = 500,
+        first_page_size: int = FIRST_PAGE_USERS,
         max_pending: int = 50_000,
         max_fanouts: int = 10_000,
         shard_settings: ShardSettings | None = None,
@@ -72,6 +85,11 @@ class ActorSystem:
         self._sweep_seconds = sweep_seconds
         self._observer = observer or NullObserver()
         self._throttles = dict(throttles or {})
+        self._first_page = (
+            PageRequest(first_page_size, tuple(self._channels), node_id, self._throttles)
+            if first_page_size > 0
+            else None
+        )
         self._lock = threading.Lock()
         self._shards: dict[str, list[pykka.ActorRef[ChannelShard]]] = {}
         self._categories: dict[str, pykka.ActorRef[CategoryActor]] = {}
@@ -129,14 +147,33 @@ class ActorSystem:
 
     # -- the ways in --------------------------------------------------------------------
 
-    def publish(self, message: Message) -> None:
-        """Start the fan-out of a committed message this node owns."""
-        self.fanout(message, None)
+    def first_page(self) -> PageRequest | None:
+        """What of a new message's audience to plan with its commit: nothing while the
+        node holds as many deliveries as it may (the fan-out then waits for room)."""
+        return self._first_page if self.has_room() else None
 
-    def fanout(self, message: Message, cursor: str | None) -> None:
+    def publish(self, message: Message, first: FanoutPage | None = None) -> None:
+        """Start delivering a committed message this node owns, whose ``first`` page
+        may have been planned with it."""
+        if first is None:
+            self.fanout(message, None)
+            return
+        if first.tasks:
+            self.dispatch(first.tasks)
+        if not first.done:
+            self.fanout(message, first.cursor, handed=len(first.tasks))
+            return
+        log.info(
+            "fanout.done",
+            message_id=message.id,
+            category=message.category_id,
+            deliveries=len(first.tasks),
+        )
+
+    def fanout(self, message: Message, cursor: str | None, *, handed: int = 0) -> None:
         with self._lock:
             self._fanouts += 1
-        self._category(message.category_id).tell(Fanout(message, cursor))
+        self._category(message.category_id).tell(Fanout(message, cursor, handed))
 
     def overloaded(self) -> bool:
         """Full of deliveries and with a backlog of fan-outs waiting for room: new

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
+import structlog
 
 from notefly.domain import (
     Category,
@@ -35,7 +36,7 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Clock, DeliveryCounts, FanoutPage
+from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.postgres_addresses import PostgresAddressBook, registered_in_page
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
     from notefly.ports import Store
 
 T = TypeVar("T")
+
+log = structlog.get_logger("notefly.store")
 
 WORK_CHANNEL = "notefly_work"  # NOTIFY channel: unowned work appeared
 DEFAULT_POOL_SIZE = 10
@@ -363,7 +366,36 @@ class PostgresStore(
         idle nodes, told in the same transaction. Returns the stored message and
         whether it was created now.
         """
+        return await self._in_transaction(self._accept_op(message, owner))
 
+    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+        accept = self._accept_op(message, request.owner)
+        plan = self._fanout_op(
+            message,
+            None,
+            request.limit,
+            request.channels,
+            owner=request.owner,
+            throttles=request.throttles,
+        )
+
+        async def op(conn: asyncpg.Connection) -> Accepted:
+            stored, created = await accept(conn)
+            if not created:
+                return Accepted(stored, False, None)
+            try:
+                async with conn.transaction():  # a savepoint: a failed page is undone alone
+                    page = await plan(conn)
+            except Exception as exc:
+                log.warning("fanout.first_page_failed", message_id=message.id, error=repr(exc))
+                return Accepted(stored, True, None)
+            return Accepted(stored, True, page)
+
+        return await self._in_transaction(op)
+
+    def _accept_op(
+        self, message: Message, owner: str | None
+    ) -> Callable[[asyncpg.Connection], Awaitable[tuple[Message, bool]]]:
         async def op(conn: asyncpg.Connection) -> tuple[Message, bool]:
             if message.idempotency_key is not None:
                 # A key is one message for 24 hours; after that it is free again. The old
@@ -401,7 +433,7 @@ class PostgresStore(
             assert row is not None  # the conflict says it is there
             return _message(row), False
 
-        return await self._in_transaction(op)
+        return op
 
     async def get_message(self, message_id: str) -> Message:
         row = await self._fetchrow(
@@ -451,6 +483,21 @@ class PostgresStore(
         go out now belong to ``owner``, the node that hands them to its shards; the
         others (digests, quiet hours, throttled) wait unowned until they are due.
         """
+        plan = self._fanout_op(
+            message, after_user, limit, channels, owner=owner, throttles=throttles
+        )
+        return await self._in_transaction(plan)
+
+    def _fanout_op(
+        self,
+        message: Message,
+        after_user: str | None,
+        limit: int,
+        channels: Sequence[str],
+        *,
+        owner: str | None,
+        throttles: Mapping[str, Throttle] | None,
+    ) -> Callable[[asyncpg.Connection], Awaitable[FanoutPage]]:
         enabled = set(channels)
         throttles = throttles or {}
 
@@ -504,7 +551,7 @@ class PostgresStore(
                 await _insert_inbox(conn, message, [row[0] for row in rows], via)
             return FanoutPage(plan.tasks, plan.skipped, last, done)
 
-        return await self._in_transaction(op)
+        return op
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record attempts. A final outcome frees the delivery of its owner; a queued one

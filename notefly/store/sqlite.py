@@ -13,13 +13,14 @@ import fcntl
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from notefly.domain import (
     Category,
@@ -36,7 +37,7 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Clock, DeliveryCounts, FanoutPage
+from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.migrations import migrate_sqlite
@@ -65,6 +66,8 @@ from notefly.store.sqlite_rows import (
     task_address,
 )
 from notefly.store.writer import GroupCommitWriter
+
+log = structlog.get_logger("notefly.store")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
@@ -323,7 +326,30 @@ class SqliteStore(
         ``owner``: the node that fans it out. Returns the stored message and whether it
         was created now.
         """
+        return await self.writer.run_sync(self._accept_op(message, owner))
 
+    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+        accept = self._accept_op(message, request.owner)
+        plan = self._fanout_op(
+            message,
+            None,
+            request.limit,
+            request.channels,
+            owner=request.owner,
+            throttles=request.throttles,
+        )
+
+        def op(conn: sqlite3.Connection) -> Accepted:
+            stored, created = accept(conn)
+            if not created:
+                return Accepted(stored, False, None)
+            return Accepted(stored, True, _first_page(conn, plan, message.id))
+
+        return await self.writer.run_sync(op)
+
+    def _accept_op(
+        self, message: Message, owner: str | None
+    ) -> Callable[[sqlite3.Connection], tuple[Message, bool]]:
         def op(conn: sqlite3.Connection) -> tuple[Message, bool]:
             if message.idempotency_key is not None:
                 # A key is one message for 24 hours; after that it is free again. The old
@@ -364,7 +390,7 @@ class SqliteStore(
             assert row is not None  # the conflict says it is there
             return _message(row), False
 
-        return await self.writer.run_sync(op)
+        return op
 
     async def get_message(self, message_id: str) -> Message:
         row = await self._one(
@@ -412,6 +438,21 @@ class SqliteStore(
         go out now belong to ``owner``, the node that hands them to its shards; the
         others (digests, quiet hours, throttled) wait unowned until they are due.
         """
+        plan = self._fanout_op(
+            message, after_user, limit, channels, owner=owner, throttles=throttles
+        )
+        return await self.writer.run_sync(plan)
+
+    def _fanout_op(
+        self,
+        message: Message,
+        after_user: str | None,
+        limit: int,
+        channels: Sequence[str],
+        *,
+        owner: str | None,
+        throttles: Mapping[str, Throttle] | None,
+    ) -> Callable[[sqlite3.Connection], FanoutPage]:
         enabled = set(channels)
         throttles = throttles or {}
 
@@ -477,7 +518,7 @@ class SqliteStore(
             )
             return FanoutPage(plan.tasks, plan.skipped, last, done)
 
-        return await self.writer.run_sync(op)
+        return op
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record attempts. A final outcome frees the delivery of its owner; a queued one
@@ -909,3 +950,19 @@ async def _connect(path: Path, *pragmas: str) -> aiosqlite.Connection:
         await conn.close()  # its thread is non-daemon: never leave it running
         raise
     return conn
+
+
+def _first_page(
+    conn: sqlite3.Connection, plan: Callable[[sqlite3.Connection], FanoutPage], message_id: str
+) -> FanoutPage | None:
+    """Plan a message's first page inside its accept transaction, under a savepoint: a
+    page that fails is undone alone, and the fan-out plans it again later."""
+    conn.execute("SAVEPOINT first_page")
+    try:
+        page: FanoutPage | None = plan(conn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO first_page")
+        log.warning("fanout.first_page_failed", message_id=message_id, error=repr(exc))
+        page = None
+    conn.execute("RELEASE first_page")
+    return page

@@ -125,6 +125,7 @@ async def start_broker(
         *,
         renderer: TemplateRenderer | None = None,
         page_size: int = 2,
+        first_page_size: int = 1,  # the rest of an audience goes through the pages
         settings: ShardSettings = SETTINGS,
     ) -> Broker:
         system = ActorSystem(
@@ -135,6 +136,7 @@ async def start_broker(
             monotonic=time.monotonic,
             shards_per_channel=2,
             page_size=page_size,
+            first_page_size=first_page_size,
             shard_settings=settings,
         )
         systems.append(system)
@@ -530,7 +532,8 @@ async def test_start_finishes_the_work_a_previous_run_left(
 async def test_threads_do_not_grow_with_the_audience(
     store: FakeStore, start_broker: StartBroker
 ) -> None:
-    broker = await start_broker(page_size=2)
+    # Every fan-out through the category actor, so that the warm-up starts its thread.
+    broker = await start_broker(page_size=2, first_page_size=0)
     warm_up = await broker.publish("finance", "Nobody is listening yet")
     await eventually(broker.settled, "the warm-up fan-out is done")
     idle_threads = threading.active_count()

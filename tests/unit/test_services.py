@@ -13,7 +13,7 @@ from notefly.domain import (
     User,
 )
 from notefly.errors import InvalidInput, NotFound, Overloaded
-from notefly.ports import DeliveryCounts
+from notefly.ports import DeliveryCounts, FanoutPage, PageRequest
 from notefly.services import Directory, Inbox, PublishCommand, Publisher, message_status
 from tests.fakes import FakeIds, FakeStore, FixedClock
 
@@ -25,9 +25,15 @@ class RecordingDispatcher:
 
     def __init__(self) -> None:
         self.published: list[Message] = []
+        self.first_pages: list[FanoutPage | None] = []
+        self.request: PageRequest | None = None  # what first_page() answers
 
-    def publish(self, message: Message) -> None:
+    def first_page(self) -> PageRequest | None:
+        return self.request
+
+    def publish(self, message: Message, first: FanoutPage | None = None) -> None:
         self.published.append(message)
+        self.first_pages.append(first)
 
     def overloaded(self) -> bool:
         return self.full
@@ -123,6 +129,79 @@ async def test_publishing_to_an_unknown_category_is_not_found_and_stores_nothing
     assert caught.value.status == 404
     assert store.messages == {}
     assert dispatcher.published == []
+
+
+async def subscribe(store: FakeStore, user_id: str, *channels: str) -> None:
+    await store.add_user(
+        User(id=user_id, name=user_id, email=f"{user_id}@example.org", phone="+15550100")
+    )
+    await store.upsert_subscription(Subscription(user_id, "finance", channels))
+
+
+async def test_the_first_page_commits_with_the_message_and_goes_to_the_dispatcher(
+    publisher: Publisher, store: FakeStore, dispatcher: RecordingDispatcher
+) -> None:
+    for user_id in ("u1", "u2", "u3"):
+        await subscribe(store, user_id, "email")
+    dispatcher.request = PageRequest(2, CHANNELS, "node-a", {})
+
+    message, created = await publisher.publish(PublishCommand("finance", "Rates are up"))
+
+    assert created is True
+    [first] = dispatcher.first_pages
+    assert first is not None
+    # Two users in the page; the third is left for the fan-out, after the cursor.
+    assert [t.recipient.user_id for t in first.tasks] == ["u1", "u2"]
+    assert (first.cursor, first.done) == ("u2", False)
+    assert {d.user_id for d in store.deliveries.values()} == {"u1", "u2"}
+    assert (store.fanouts[message.id].owner, store.fanouts[message.id].done) == ("node-a", False)
+
+
+async def test_a_first_page_covering_the_audience_finishes_the_fanout(
+    publisher: Publisher, store: FakeStore, dispatcher: RecordingDispatcher
+) -> None:
+    await subscribe(store, "u1", "sms", "email")
+    dispatcher.request = PageRequest(64, CHANNELS, "node-a", {})
+
+    message, _ = await publisher.publish(PublishCommand("finance", "Rates are up"))
+
+    [first] = dispatcher.first_pages
+    assert first is not None and first.done
+    assert sorted(t.channel for t in first.tasks) == ["email", "sms"]
+    assert (await store.delivery_counts(message.id)).fanout_done
+
+
+async def test_a_failed_first_page_still_accepts_the_message(
+    publisher: Publisher, store: FakeStore, dispatcher: RecordingDispatcher
+) -> None:
+    await subscribe(store, "u1", "sms")
+    dispatcher.request = PageRequest(64, CHANNELS, "node-a", {})
+    store.fail("fanout_page", times=1)
+
+    message, created = await publisher.publish(PublishCommand("finance", "Rates are up"))
+
+    assert created is True
+    assert await store.get_message(message.id) == message
+    # No page: the fan-out plans the whole audience, as for any other message.
+    assert dispatcher.first_pages == [None]
+    assert store.deliveries == {}
+
+
+async def test_a_replayed_key_or_a_scheduled_message_plans_no_first_page(
+    publisher: Publisher, store: FakeStore, dispatcher: RecordingDispatcher, clock: FixedClock
+) -> None:
+    await subscribe(store, "u1", "sms")
+    dispatcher.request = PageRequest(64, CHANNELS, "node-a", {})
+    await publisher.publish(PublishCommand("finance", "a", idempotency_key="k-1"))
+    await publisher.publish(PublishCommand("finance", "a", idempotency_key="k-1"))
+    later, _ = await publisher.publish(
+        PublishCommand("finance", "b", deliver_at=clock.now() + timedelta(hours=1))
+    )
+
+    assert len(dispatcher.first_pages) == 1  # the replay dispatches nothing
+    assert len(store.deliveries) == 1
+    assert later.id in store.messages
+    assert store.fanouts[later.id].owner is None  # claimed by whichever node is up then
 
 
 # -- Directory -------------------------------------------------------------------------
