@@ -54,7 +54,6 @@ class Settings:
     round_size: int = 256  # deliveries one shard hands to the event loop at once
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
-    entity_idle_seconds: float = 60.0
     send_timeout_seconds: float = 30.0
     # Circuit breaker per provider: this many consecutive failures open it for the
     # cool-down, doubled on each re-open up to the cap (see notefly.breaker).
@@ -175,7 +174,6 @@ _INTS = {
 }
 _FLOATS = {
     "retry_base_seconds",
-    "entity_idle_seconds",
     "send_timeout_seconds",
     "breaker_cooldown_seconds",
     "breaker_max_cooldown_seconds",

@@ -82,7 +82,6 @@ async def run_actors(
             max_attempts=settings.max_attempts,
             retry_base_seconds=settings.retry_base_seconds,
             round_size=settings.round_size,
-            entity_idle_seconds=settings.entity_idle_seconds,
             send_timeout_seconds=settings.send_timeout_seconds,
         ),
         pump_settings=PumpSettings(

@@ -39,8 +39,3 @@ class Resume:
     """A waiting entity may try its head delivery again."""
 
     user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sweep:
-    """Passivate entities that have been idle for a while."""

@@ -2,8 +2,8 @@
 
 An entity is the actor of one (user, channel): it holds that user's queue and sends
 one delivery at a time, in order. Entities are plain objects on a shard, created on
-first use and passivated when idle, so memory follows the active users and the
-number of threads follows the configuration.
+first use and passivated as soon as their queue is empty, so memory follows the users
+with deliveries in hand and the number of threads follows the configuration.
 
 A shard renders on its own thread, then hands a whole *round* (the next delivery of
 many entities) to the event loop in one hop: providers send concurrently there and
@@ -25,7 +25,7 @@ import pykka
 import structlog
 
 from notefly.actors.bridge import LoopBridge
-from notefly.actors.messages import Deliver, Resume, RoundDone, Sweep
+from notefly.actors.messages import Deliver, Resume, RoundDone
 from notefly.domain import ADDRESS_FIELDS, DeliveryStatus, DeliveryTask, Outcome, Rendered
 from notefly.errors import CircuitOpen, PermanentChannelError, TransientChannelError
 from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
@@ -40,7 +40,6 @@ class Entity:
     user_id: str
     pending: deque[DeliveryTask] = field(default_factory=deque)
     busy: bool = False
-    last_active: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +48,6 @@ class ShardSettings:
     retry_base_seconds: float = 1.0
     round_size: int = 256
     max_rounds_in_flight: int = 4
-    entity_idle_seconds: float = 60.0
     send_timeout_seconds: float = 30.0
 
 
@@ -103,8 +101,6 @@ class ChannelShard(pykka.ThreadingActor):
                 self._round_done(message)
             elif isinstance(message, Resume):
                 self._resume(message.user_id)
-            elif isinstance(message, Sweep):
-                self._sweep()
             self._pump()
         except Exception:
             log.exception("shard.error", channel=self.channel.name, shard=self.index)
@@ -150,7 +146,6 @@ class ChannelShard(pykka.ThreadingActor):
 
     def _round_done(self, done: RoundDone) -> None:
         self._rounds_in_flight -= 1
-        now = self._monotonic()
         error = done.result.exception()
         outcomes: dict[str, Outcome] = (
             {} if error else {o.delivery_id: o for o in done.result.result()}
@@ -160,7 +155,6 @@ class ChannelShard(pykka.ThreadingActor):
         settled = []
         for task in done.tasks:
             entity = self.entities[task.recipient.user_id]
-            entity.last_active = now
             outcome = outcomes.get(task.id)
             if outcome is None or outcome.status is DeliveryStatus.QUEUED:
                 # Try again later. The task keeps the head of its user's queue and the
@@ -177,6 +171,10 @@ class ChannelShard(pykka.ThreadingActor):
             settled.append(task.id)
             if entity.pending:
                 self._ready.append(entity)
+            else:
+                # Passivate: an entity with nothing queued holds nothing worth keeping,
+                # so a broadcast keeps only the users it is still delivering to.
+                del self.entities[entity.user_id]
         if settled:
             self._on_settled(settled)
 
@@ -185,16 +183,6 @@ class ChannelShard(pykka.ThreadingActor):
         if entity is not None and entity.busy and entity.pending:
             entity.busy = False
             self._ready.append(entity)
-
-    def _sweep(self) -> None:
-        horizon = self._monotonic() - self._settings.entity_idle_seconds
-        idle = [
-            uid
-            for uid, e in self.entities.items()
-            if not e.pending and not e.busy and e.last_active <= horizon
-        ]
-        for uid in idle:
-            del self.entities[uid]
 
     # -- on the event loop ------------------------------------------------------------
 

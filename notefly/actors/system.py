@@ -24,7 +24,7 @@ import structlog
 
 from notefly.actors.bridge import LoopBridge
 from notefly.actors.category import CategoryActor
-from notefly.actors.messages import Deliver, Fanout, Sweep
+from notefly.actors.messages import Deliver, Fanout
 from notefly.actors.pump import PumpSettings, WorkPump
 from notefly.actors.shard import ChannelShard, ShardSettings
 from notefly.domain import DeliveryTask, Message
@@ -65,7 +65,6 @@ class ActorSystem:
         max_fanouts: int = 10_000,
         shard_settings: ShardSettings | None = None,
         pump_settings: PumpSettings | None = None,
-        sweep_seconds: float = 30.0,
         observer: Observer | None = None,
         throttles: Mapping[str, Throttle] | None = None,
     ) -> None:
@@ -82,7 +81,6 @@ class ActorSystem:
         self._page_size = page_size
         self._shard_settings = shard_settings or ShardSettings()
         self._pump_settings = pump_settings or PumpSettings()
-        self._sweep_seconds = sweep_seconds
         self._observer = observer or NullObserver()
         self._throttles = dict(throttles or {})
         self._first_page = (
@@ -99,7 +97,6 @@ class ActorSystem:
         self._held_count = 0
         self._bridge: LoopBridge | None = None
         self._pump: WorkPump | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
         self.restarts = 0
 
     # -- lifecycle ------------------------------------------------------------------
@@ -111,7 +108,6 @@ class ActorSystem:
             self._shards[name] = [
                 self._spawn_shard(name, i) for i in range(self._shards_per_channel)
             ]
-        self._schedule_sweep()
         log.info(
             "actors.started",
             node=self.node_id,
@@ -125,8 +121,6 @@ class ActorSystem:
     async def stop(self, grace: float = 5.0) -> None:
         if self._pump is not None:
             await self._pump.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         with self._lock:
             categories = list(self._categories.values())
             self._categories.clear()
@@ -286,16 +280,3 @@ class ActorSystem:
                     throttles=self._throttles,
                 )
             return ref
-
-    def _schedule_sweep(self) -> None:
-        assert self._bridge is not None
-        loop = self._bridge.loop
-
-        def sweep() -> None:
-            for refs in self._shards.values():
-                for ref in refs:
-                    if ref.is_alive():
-                        ref.tell(Sweep())
-            self._sweeper = loop.call_later(self._sweep_seconds, sweep)
-
-        self._sweeper = loop.call_later(self._sweep_seconds, sweep)

@@ -387,6 +387,39 @@ async def test_each_user_gets_their_messages_in_publish_order(
         assert texts == [f"[Sports] {body}" for body in bodies]
 
 
+async def test_an_entity_is_passivated_when_its_queue_is_empty(
+    store: FakeStore, channels: dict[str, FakeChannel], start_broker: StartBroker
+) -> None:
+    for i in range(40):
+        await add_user(store, f"u{i:02d}", phone=f"+40{i:02d}", subscriptions={"sports": ["sms"]})
+    sms = channels["sms"]
+    sms.hold()  # every entity holds its delivery until released
+    broker = await start_broker()
+
+    await broker.publish("sports", "Kick-off")
+    await eventually(lambda: has_entities(broker, 40), "an entity per user with a delivery in hand")
+    sms.release()
+    await eventually(broker.settled, "every delivery is final")
+
+    # Memory follows the users with deliveries in hand, not every user ever reached.
+    await eventually(lambda: has_entities(broker, 0), "no entity once nothing is queued")
+    assert len(broker.received()) == 40
+
+
+async def has_entities(broker: Broker, count: int) -> bool:
+    return await entities(broker) == count
+
+
+async def entities(broker: Broker) -> int:
+    """Entities live on the shards (asked off the event loop)."""
+
+    def ask() -> int:
+        refs = [ref for refs in broker.system._shards.values() for ref in refs]
+        return sum(ref.proxy().stats().get(timeout=1)["entities"] for ref in refs)
+
+    return await asyncio.to_thread(ask)
+
+
 async def shard_pending(broker: Broker, channel: str) -> int:
     """Deliveries waiting on the shards of a channel (asked off the event loop)."""
 
