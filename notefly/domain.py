@@ -54,11 +54,11 @@ class User:
         return address
 
 
-# Which user field addresses which channel; a channel missing here needs no address.
 # Ids from ``SortableIds`` begin, after their prefix, with 11 hex digits of
 # milliseconds and 4 of a counter: the part of them that sorts by time.
 SORTABLE_TIME_CHARS = 15
 
+# Which user field addresses which channel; a channel missing here needs no address.
 ADDRESS_FIELDS = {"sms": "phone", "email": "email", "push": "push_token"}
 # What a person calls each channel's address; push, webhook and apprise addresses may
 # also be registrations (see notefly.addresses).
