@@ -65,7 +65,7 @@ from notefly.store.sqlite_rows import (
     _ts,
     task_address,
 )
-from notefly.store.writer import GroupCommitWriter
+from notefly.store.writer import GroupCommitWriter, write_rows
 
 log = structlog.get_logger("notefly.store")
 
@@ -489,7 +489,7 @@ class SqliteStore(
             )
             delivery_rows = [
                 (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient, d.error,
-                 now, d.owner, d.mode, _ts(d.not_before), d.note)
+                 now, d.owner, d.mode, _ts(d.not_before), d.note, now)
                 for d in plan.deliveries
             ]  # fmt: skip
             inbox_rows = [
@@ -499,15 +499,16 @@ class SqliteStore(
                  via)
                 for r, via in zip(rows, plan.via, strict=True)
             ]  # fmt: skip
-            conn.executemany(
+            write_rows(
+                conn,
                 "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
-                " recipient, error, created_at, owner, mode, not_before, note, updated_at)"
-                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?8)",
+                " recipient, error, created_at, owner, mode, not_before, note, updated_at)",
                 delivery_rows,
             )
-            conn.executemany(
+            write_rows(
+                conn,
                 "INSERT OR IGNORE INTO inbox (id, user_id, message_id, category_id, title, body,"
-                " priority, created_at, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " priority, created_at, via)",
                 inbox_rows,
             )
             done = len(rows) < limit
@@ -550,16 +551,23 @@ class SqliteStore(
                 )
             )
 
+        # One row per delivery, the last outcome of each (as one update after another
+        # would leave it): an UPDATE ... FROM joins each delivery to a single row.
+        rows = list({r[-1]: r for r in rows}.values())
         digests = [r for r in rows if r[-1].startswith(DIGEST_PREFIX)]
         singles = [r for r in rows if not r[-1].startswith(DIGEST_PREFIX)] if digests else rows
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE deliveries SET status = ?, attempts = ?, provider = ?,"
-                " provider_message_id = ?, recipient = coalesce(?, recipient),"
-                " subject = ?, text = ?, error = ?, updated_at = ?, sent_at = ?,"
-                " not_before = ?, owner = CASE WHEN ? = 1 THEN owner END WHERE id = ?",
+            write_rows(
+                conn,
+                "UPDATE deliveries SET status = o.column1, attempts = o.column2,"
+                " provider = o.column3, provider_message_id = o.column4,"
+                " recipient = coalesce(o.column5, deliveries.recipient), subject = o.column6,"
+                " text = o.column7, error = o.column8, updated_at = o.column9,"
+                " sent_at = o.column10, not_before = o.column11,"
+                " owner = CASE WHEN o.column12 = 1 THEN deliveries.owner END FROM (",
                 singles,
+                ") AS o WHERE deliveries.id = o.column13",
             )
             if digests:
                 _record_digests(conn, digests)

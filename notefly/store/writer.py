@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -51,6 +51,35 @@ _Done = tuple[Any, BaseException | None]
 # far longer than the lock is held. Trying again every few hundred microseconds keeps
 # two workers' group commits close behind each other.
 LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
+
+
+# Rows a statement writes at most in ``write_rows``; then 10 at a time, then one.
+ROWS_PER_STATEMENT = 100
+
+
+def write_rows(
+    conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], tail: str = ""
+) -> None:
+    """Run ``{head} VALUES (…), (…), … {tail}`` for ``rows``, many rows a statement.
+
+    ``executemany`` steps once per row, and sqlite3 lets go of the GIL around every
+    step. On the writer thread, under load, each step then waits to get the GIL back
+    from the shards and the event loop, all while this process holds SQLite's write
+    lock and other processes wait for it. One step for many rows waits once.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ", ".join(["?"] * width) + ")"
+    start = 0
+    for size in (ROWS_PER_STATEMENT, 10, 1):
+        end = start + (len(rows) - start) // size * size
+        if end == start:
+            continue
+        sql = f"{head} VALUES {', '.join([one] * size)}{tail}"
+        for first in range(start, end, size):
+            conn.execute(sql, [value for row in rows[first : first + size] for value in row])
+        start = end
 
 
 def begin_immediate(conn: sqlite3.Connection) -> None:
