@@ -71,6 +71,7 @@ log = structlog.get_logger("notefly.store")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
+BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock
 
 
 class SqliteStore(
@@ -89,7 +90,7 @@ class SqliteStore(
         self._writer_conn = writer_conn
         self._reader = reader
         self._clock = clock
-        self.writer = GroupCommitWriter(writer_conn)
+        self.writer = GroupCommitWriter(writer_conn, lock_timeout=BUSY_TIMEOUT_MS / 1000)
         # Categories are never changed nor removed once added: every publish looks its
         # category up, and a known one needs no trip to the reader thread.
         self._known_categories: dict[str, Category] = {}
@@ -103,6 +104,8 @@ class SqliteStore(
                 await writer.execute("PRAGMA journal_mode=WAL")
                 if migrate:
                     await migrate_sqlite(writer)
+            # From now on the writer waits for the write lock in GroupCommitWriter.
+            await writer.execute("PRAGMA busy_timeout=0")
             reader = await _connect(path, "PRAGMA query_only=ON")
         except BaseException:
             await writer.close()
@@ -941,9 +944,10 @@ async def _setup_lock(path: Path) -> AsyncIterator[None]:
 
 
 async def _connect(path: Path, *pragmas: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    # Room for the statements of every size that write_rows compiles, and the rest.
+    conn = await aiosqlite.connect(path, isolation_level=None, cached_statements=1024)
     try:
-        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         await conn.execute("PRAGMA foreign_keys=ON")
         # synchronous=FULL: a 202 means the message survives a power cut, not only a
         # process crash; group commit pays the fsync once for many publishes.

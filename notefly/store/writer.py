@@ -53,7 +53,9 @@ _Done = tuple[Any, BaseException | None]
 LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
 
 
-# Rows a statement writes at most in ``write_rows``; then 10 at a time, then one.
+# Rows a statement writes at most in ``write_rows``. The rest of a batch goes in one
+# statement of its own size: at most this many statements to keep compiled per call
+# site (the connections' statement cache has room for them).
 ROWS_PER_STATEMENT = 100
 
 
@@ -69,38 +71,29 @@ def write_rows(
     """
     if not rows:
         return
-    width = len(rows[0])
-    one = "(" + ", ".join(["?"] * width) + ")"
-    start = 0
-    for size in (ROWS_PER_STATEMENT, 10, 1):
-        end = start + (len(rows) - start) // size * size
-        if end == start:
-            continue
-        sql = f"{head} VALUES {', '.join([one] * size)}{tail}"
-        for first in range(start, end, size):
-            conn.execute(sql, [value for row in rows[first : first + size] for value in row])
-        start = end
+    one = "(" + ", ".join(["?"] * len(rows[0])) + ")"
+    for first in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[first : first + ROWS_PER_STATEMENT]
+        sql = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
+        conn.execute(sql, [value for row in chunk for value in row])
 
 
-def begin_immediate(conn: sqlite3.Connection) -> None:
-    """``BEGIN IMMEDIATE``, waiting for the write lock at most the connection's
-    ``busy_timeout``, in short steps."""
-    timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-    conn.execute("PRAGMA busy_timeout=0")
-    try:
-        deadline = time.monotonic() + timeout_ms / 1000
-        pause, longest = LOCK_PAUSE_SECONDS
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, longest)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock at most ``timeout`` seconds, in
+    short steps. The connection's own ``busy_timeout`` is 0: SQLite's handler would
+    sleep far longer between tries, and changing it around each transaction cost two
+    more statements while holding the GIL hostage (see ``write_rows``)."""
+    deadline = time.monotonic() + timeout
+    pause, longest = LOCK_PAUSE_SECONDS
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, longest)
 
 
 def _run_segment(
@@ -110,6 +103,7 @@ def _run_segment(
     begin: bool,
     commit: bool,
     max_changes: int | None = None,
+    lock_timeout: float = 0.0,
 ) -> list[_Done]:
     """Run synchronous operations, each under its own savepoint, on the writer thread.
 
@@ -119,7 +113,7 @@ def _run_segment(
     are left for the next transaction (the result has fewer entries than ``ops``).
     """
     if begin:
-        begin_immediate(conn)
+        begin_immediate(conn, lock_timeout)
     done: list[_Done] = []
     start = conn.total_changes
     try:
@@ -155,9 +149,15 @@ class GroupCommitWriter:
     commit."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, *, max_batch: int = 256, max_changes: int = 4000
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        lock_timeout: float,
+        max_batch: int = 256,
+        max_changes: int = 4000,
     ) -> None:
         self._conn = conn
+        self._lock_timeout = lock_timeout
         self._max_batch = max_batch
         self._max_changes = max_changes
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
@@ -252,7 +252,14 @@ class GroupCommitWriter:
         raw = self._conn._conn  # the thread below is the only one that uses it
 
         def call() -> list[_Done]:
-            return _run_segment(raw, ops, begin=begin, commit=commit, max_changes=max_changes)
+            return _run_segment(
+                raw,
+                ops,
+                begin=begin,
+                commit=commit,
+                max_changes=max_changes,
+                lock_timeout=self._lock_timeout,
+            )
 
         return cast(list[_Done], await self._conn._execute(call))  # type: ignore[no-untyped-call]
 
