@@ -40,9 +40,10 @@ from notefly.schedule import QuietHours, Schedule, next_due
 class Dispatcher(Protocol):
     node_id: str  # the node that fans out what it accepts
 
-    def first_page(self) -> PageRequest | None:
+    def first_page(self, category_id: str) -> PageRequest | None:
         """The page of a new message's audience to plan with its commit; None when the
-        fan-out should plan all of it (the node has no room for more deliveries)."""
+        fan-out should plan all of it (the node has no room for more deliveries, or the
+        message must wait its turn behind another of its category)."""
         ...
 
     def publish(self, message: Message, first: FanoutPage | None = None) -> None:
@@ -101,7 +102,7 @@ class Publisher:
             deliver_at=cmd.deliver_at,
         )
         later = cmd.deliver_at is not None and cmd.deliver_at > message.accepted_at
-        request = None if later else self._dispatcher.first_page()
+        request = None if later else self._dispatcher.first_page(cmd.category)
         if request is not None:
             # The first page commits with the message: a small audience is on its way
             # without another write, and an empty one is done at once.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ import pykka
 import structlog
 
 from notefly.actors.bridge import LoopBridge
-from notefly.actors.messages import Fanout, PageDone
+from notefly.actors.messages import Fanout, PageDone, Wake
 from notefly.domain import DeliveryTask
 from notefly.ports import FanoutPage, Store
 from notefly.schedule import Throttle
@@ -48,6 +49,9 @@ class CategoryActor(pykka.ThreadingActor):
         self._page_size = page_size
         self._retry_seconds = retry_seconds
         self.active: dict[str, int] = {}  # message id -> deliveries handed on so far
+        # Pages waiting for room, in the order they were asked for.
+        self._waiting: deque[Fanout] = deque()
+        self._wake_due = False
 
     def on_receive(self, message: Any) -> None:
         # An exception escaping on_receive would stop this actor for good: contain it.
@@ -56,16 +60,30 @@ class CategoryActor(pykka.ThreadingActor):
                 self._next_page(message)
             elif isinstance(message, PageDone):
                 self._page_done(message)
+            elif isinstance(message, Wake):
+                self._wake_due = False
+                self._drain()
         except Exception:
             log.exception("category.error", category=self.category_id)
 
     def _next_page(self, fanout: Fanout) -> None:
         self.active.setdefault(fanout.message.id, fanout.handed)
-        if not self._has_room():
-            # The node holds as many deliveries as it may: resolve the next page of
+        # Pages go out in the order they were asked for: one waiting for room holds
+        # back those behind it, so a later message never overtakes an earlier one on
+        # the way to their users.
+        self._waiting.append(fanout)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._waiting and self._has_room():
+            self._request(self._waiting.popleft())
+        if self._waiting and not self._wake_due:
+            # The node holds as many deliveries as it may: resolve the next pages of
             # the audience when the shards have worked some off (bounded memory).
-            self._bridge.tell_later(self._wait_seconds, self.actor_ref, fanout)
-            return
+            self._wake_due = True
+            self._bridge.tell_later(self._wait_seconds, self.actor_ref, Wake())
+
+    def _request(self, fanout: Fanout) -> None:
         coro = self._store.fanout_page(
             fanout.message,
             fanout.cursor,

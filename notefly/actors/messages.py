@@ -17,6 +17,11 @@ class Fanout:
 
 
 @dataclass(frozen=True, slots=True)
+class Wake:
+    """A category actor with pages waiting for room may look for room again."""
+
+
+@dataclass(frozen=True, slots=True)
 class PageDone:
     message: Message
     cursor: str | None

@@ -72,6 +72,7 @@ class ActorSystem:
         self.max_pending = max_pending
         self.max_fanouts = max_fanouts
         self._fanouts = 0  # fan-outs handed to category actors and not finished
+        self._fanouts_by_category: dict[str, int] = defaultdict(int)
         self._store = store
         self._renderer = renderer
         self._channels = dict(channels)
@@ -141,10 +142,14 @@ class ActorSystem:
 
     # -- the ways in --------------------------------------------------------------------
 
-    def first_page(self) -> PageRequest | None:
-        """What of a new message's audience to plan with its commit: nothing while the
-        node holds as many deliveries as it may (the fan-out then waits for room)."""
-        return self._first_page if self.has_room() else None
+    def first_page(self, category_id: str) -> PageRequest | None:
+        """What of a new message's audience to plan with its commit. Nothing while the
+        node holds as many deliveries as it may (the fan-out then waits for room), nor
+        while a fan-out of the category is under way here: the new message then queues
+        behind it in the category actor, so that its users get the two in order."""
+        if not self.has_room() or self._fanouts_by_category.get(category_id):
+            return None
+        return self._first_page
 
     def publish(self, message: Message, first: FanoutPage | None = None) -> None:
         """Start delivering a committed message this node owns, whose ``first`` page
@@ -167,6 +172,7 @@ class ActorSystem:
     def fanout(self, message: Message, cursor: str | None, *, handed: int = 0) -> None:
         with self._lock:
             self._fanouts += 1
+            self._fanouts_by_category[message.category_id] += 1
         self._category(message.category_id).tell(Fanout(message, cursor, handed))
 
     def overloaded(self) -> bool:
@@ -174,9 +180,14 @@ class ActorSystem:
         publishes should be refused (429) rather than queued without limit."""
         return self._held_count >= self.max_pending and self._fanouts >= self.max_fanouts
 
-    def _fanout_done(self) -> None:
+    def _fanout_done(self, category_id: str) -> None:
         with self._lock:
             self._fanouts -= 1
+            left = self._fanouts_by_category[category_id] - 1
+            if left:
+                self._fanouts_by_category[category_id] = left
+            else:
+                del self._fanouts_by_category[category_id]
 
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:
         """Hand deliveries to the shards that host their users' entities."""
@@ -272,7 +283,7 @@ class ActorSystem:
                     bridge=self._bridge,
                     dispatch=self.dispatch,
                     has_room=self.has_room,
-                    on_done=self._fanout_done,
+                    on_done=lambda: self._fanout_done(category_id),
                     channels=list(self._channels),
                     page_size=self._page_size,
                     owner=self.node_id,

@@ -126,6 +126,7 @@ async def start_broker(
         renderer: TemplateRenderer | None = None,
         page_size: int = 2,
         first_page_size: int = 1,  # the rest of an audience goes through the pages
+        max_pending: int = 50_000,
         settings: ShardSettings = SETTINGS,
     ) -> Broker:
         system = ActorSystem(
@@ -137,6 +138,7 @@ async def start_broker(
             shards_per_channel=2,
             page_size=page_size,
             first_page_size=first_page_size,
+            max_pending=max_pending,
             shard_settings=settings,
         )
         systems.append(system)
@@ -418,6 +420,28 @@ async def entities(broker: Broker) -> int:
         return sum(ref.proxy().stats().get(timeout=1)["entities"] for ref in refs)
 
     return await asyncio.to_thread(ask)
+
+
+async def test_a_message_waiting_for_room_is_not_overtaken_by_the_next_one(
+    store: FakeStore, channels: dict[str, FakeChannel], start_broker: StartBroker
+) -> None:
+    await add_user(store, "ann", phone="+5001", subscriptions={"movies": ["sms"]})
+    for uid, phone in (("bea", "+5002"), ("cal", "+5003")):
+        await add_user(store, uid, phone=phone, subscriptions={"sports": ["sms"]})
+    sms = channels["sms"]
+    sms.hold()
+    broker = await start_broker(max_pending=1)
+    await broker.publish("movies", "fills the node")  # held by the stalled provider
+    await eventually(lambda: not broker.system.has_room(), "the node is full")
+
+    await broker.publish("sports", "first")  # no room: it waits in the category actor
+    sms.release()
+    await eventually(broker.system.has_room, "room again")
+    await broker.publish("sports", "second")  # must queue behind "first", not pass it
+    await eventually(broker.settled, "every delivery is final")
+
+    for phone in ("+5002", "+5003"):
+        assert [r.text for r in sms.sent_to(phone)] == ["[Sports] first", "[Sports] second"]
 
 
 async def shard_pending(broker: Broker, channel: str) -> int:

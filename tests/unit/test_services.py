@@ -28,7 +28,7 @@ class RecordingDispatcher:
         self.first_pages: list[FanoutPage | None] = []
         self.request: PageRequest | None = None  # what first_page() answers
 
-    def first_page(self) -> PageRequest | None:
+    def first_page(self, category_id: str) -> PageRequest | None:
         return self.request
 
     def publish(self, message: Message, first: FanoutPage | None = None) -> None:
