@@ -409,17 +409,7 @@ async def test_an_entity_is_passivated_when_its_queue_is_empty(
 
 
 async def has_entities(broker: Broker, count: int) -> bool:
-    return await entities(broker) == count
-
-
-async def entities(broker: Broker) -> int:
-    """Entities live on the shards (asked off the event loop)."""
-
-    def ask() -> int:
-        refs = [ref for refs in broker.system._shards.values() for ref in refs]
-        return sum(ref.proxy().stats().get(timeout=1)["entities"] for ref in refs)
-
-    return await asyncio.to_thread(ask)
+    return await shard_stat(broker, "entities") == count
 
 
 async def test_a_message_waiting_for_room_is_not_overtaken_by_the_next_one(
@@ -445,11 +435,18 @@ async def test_a_message_waiting_for_room_is_not_overtaken_by_the_next_one(
 
 
 async def shard_pending(broker: Broker, channel: str) -> int:
-    """Deliveries waiting on the shards of a channel (asked off the event loop)."""
+    """Deliveries waiting on the shards of a channel."""
+    return await shard_stat(broker, "pending", channel)
+
+
+async def shard_stat(broker: Broker, name: str, channel: str | None = None) -> int:
+    """A shard statistic added up over the shards of a channel, or of all channels
+    (asked off the event loop)."""
+    shards = broker.system._shards
+    refs = [ref for ch in ([channel] if channel else list(shards)) for ref in shards[ch]]
 
     def ask() -> int:
-        refs = broker.system._shards[channel]
-        return sum(ref.proxy().stats().get(timeout=1)["pending"] for ref in refs)
+        return sum(ref.proxy().stats().get(timeout=1)[name] for ref in refs)
 
     return await asyncio.to_thread(ask)
 
