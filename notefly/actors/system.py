@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -71,8 +71,9 @@ class ActorSystem:
         self.node_id = node_id
         self.max_pending = max_pending
         self.max_fanouts = max_fanouts
-        self._fanouts = 0  # fan-outs handed to category actors and not finished
-        self._fanouts_by_category: dict[str, int] = defaultdict(int)
+        # Fan-outs handed to category actors and not finished, by category (only those
+        # with some): what a new message of the category must queue behind.
+        self._fanouts_by_category: Counter[str] = Counter()
         self._store = store
         self._renderer = renderer
         self._channels = dict(channels)
@@ -171,22 +172,21 @@ class ActorSystem:
 
     def fanout(self, message: Message, cursor: str | None, *, handed: int = 0) -> None:
         with self._lock:
-            self._fanouts += 1
             self._fanouts_by_category[message.category_id] += 1
         self._category(message.category_id).tell(Fanout(message, cursor, handed))
 
     def overloaded(self) -> bool:
         """Full of deliveries and with a backlog of fan-outs waiting for room: new
         publishes should be refused (429) rather than queued without limit."""
-        return self._held_count >= self.max_pending and self._fanouts >= self.max_fanouts
+        if self._held_count < self.max_pending:
+            return False
+        with self._lock:
+            return self._fanouts_by_category.total() >= self.max_fanouts
 
     def _fanout_done(self, category_id: str) -> None:
         with self._lock:
-            self._fanouts -= 1
-            left = self._fanouts_by_category[category_id] - 1
-            if left:
-                self._fanouts_by_category[category_id] = left
-            else:
+            self._fanouts_by_category[category_id] -= 1
+            if self._fanouts_by_category[category_id] <= 0:
                 del self._fanouts_by_category[category_id]
 
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:

@@ -80,9 +80,9 @@ def write_rows(
 
 def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
     """``BEGIN IMMEDIATE``, waiting for the write lock at most ``timeout`` seconds, in
-    short steps. The connection's own ``busy_timeout`` is 0: SQLite's handler would
-    sleep far longer between tries, and changing it around each transaction cost two
-    more statements while holding the GIL hostage (see ``write_rows``)."""
+    short steps. The connection's own ``busy_timeout`` stays 0: SQLite's handler would
+    sleep far longer between tries, and reading and setting it around each transaction
+    cost three statements, each a chance to wait for the GIL (see ``write_rows``)."""
     deadline = time.monotonic() + timeout
     pause, longest = LOCK_PAUSE_SECONDS
     while True:
@@ -102,13 +102,14 @@ def _run_segment(
     *,
     begin: bool,
     commit: bool,
+    lock_timeout: float,
     max_changes: int | None = None,
-    lock_timeout: float = 0.0,
 ) -> list[_Done]:
     """Run synchronous operations, each under its own savepoint, on the writer thread.
 
     ``begin``/``commit``: open or close the group transaction in the same hop. When
     the commit fails, the transaction is rolled back and the error propagates.
+    ``lock_timeout``: how long ``begin`` waits for another process's write lock.
     ``max_changes``: once the operations run so far changed that many rows, the rest
     are left for the next transaction (the result has fewer entries than ``ops``).
     """
