@@ -163,3 +163,11 @@ async def test_a_write_waits_for_another_process_lock_and_goes_through_after_it(
         await store.writer.run_sync(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0])
         == 0
     ), "the writer waits in its own short steps, not in SQLite's busy handler"
+
+
+async def test_the_writer_keeps_savepoint_journals_in_memory(store: SqliteStore) -> None:
+    # 2 is MEMORY: each operation's savepoint journal would otherwise go to a file.
+    assert (
+        await store.writer.run_sync(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0])
+        == 2
+    )
