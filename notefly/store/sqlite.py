@@ -65,7 +65,7 @@ from notefly.store.sqlite_rows import (
     _ts,
     task_address,
 )
-from notefly.store.writer import GroupCommitWriter, write_rows
+from notefly.store.writer import GroupCommitWriter, SharedWrite, write_rows
 
 log = structlog.get_logger("notefly.store")
 
@@ -91,6 +91,8 @@ class SqliteStore(
         self._reader = reader
         self._clock = clock
         self.writer = GroupCommitWriter(writer_conn, lock_timeout=BUSY_TIMEOUT_MS / 1000)
+        # The shards' rounds, recorded together while the writer is busy.
+        self._outcomes = SharedWrite(self.writer, _record_outcomes)
         # Categories are never changed nor removed once added: every publish looks its
         # category up, and a known one needs no trip to the reader thread.
         self._known_categories: dict[str, Category] = {}
@@ -558,28 +560,7 @@ class SqliteStore(
                 )
             )
 
-        # One row per delivery, the last outcome of each (as one update after another
-        # would leave it): an UPDATE ... FROM joins each delivery to a single row.
-        rows = list({r[-1]: r for r in rows}.values())
-        digests = [r for r in rows if r[-1].startswith(DIGEST_PREFIX)]
-        singles = [r for r in rows if not r[-1].startswith(DIGEST_PREFIX)] if digests else rows
-
-        def op(conn: sqlite3.Connection) -> None:
-            write_rows(
-                conn,
-                "UPDATE deliveries SET status = o.column1, attempts = o.column2,"
-                " provider = o.column3, provider_message_id = o.column4,"
-                " recipient = coalesce(o.column5, deliveries.recipient), subject = o.column6,"
-                " text = o.column7, error = o.column8, updated_at = o.column9,"
-                " sent_at = o.column10, not_before = o.column11,"
-                " owner = CASE WHEN o.column12 = 1 THEN deliveries.owner END FROM (",
-                singles,
-                ") AS o WHERE deliveries.id = o.column13",
-            )
-            if digests:
-                _record_digests(conn, digests)
-
-        await self.writer.run_sync(op)
+        await self._outcomes.add(rows)
 
     # -- work distribution ------------------------------------------------------------
 
@@ -869,6 +850,28 @@ def _digest_task(
     address = task_address(user, channel, recorded[0] if recorded else None)
     recipient = Recipient(user_id, user.name, address, user.timezone)
     return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
+
+
+def _record_outcomes(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Outcome rows of any number of rounds, in the order they were recorded."""
+    # One row per delivery, the last outcome of each (as one update after another
+    # would leave it): an UPDATE ... FROM joins each delivery to a single row.
+    rows = list({r[-1]: r for r in rows}.values())
+    digests = [r for r in rows if r[-1].startswith(DIGEST_PREFIX)]
+    singles = [r for r in rows if not r[-1].startswith(DIGEST_PREFIX)] if digests else rows
+    write_rows(
+        conn,
+        "UPDATE deliveries SET status = o.column1, attempts = o.column2,"
+        " provider = o.column3, provider_message_id = o.column4,"
+        " recipient = coalesce(o.column5, deliveries.recipient), subject = o.column6,"
+        " text = o.column7, error = o.column8, updated_at = o.column9,"
+        " sent_at = o.column10, not_before = o.column11,"
+        " owner = CASE WHEN o.column12 = 1 THEN deliveries.owner END FROM (",
+        singles,
+        ") AS o WHERE deliveries.id = o.column13",
+    )
+    if digests:
+        _record_digests(conn, digests)
 
 
 def _record_digests(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:

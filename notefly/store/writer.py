@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -298,3 +299,73 @@ class GroupCommitWriter:
                 await conn.execute("ROLLBACK")
             raise
         return done
+
+
+Row = tuple[Any, ...]
+
+
+class _Shared:
+    """Rows waiting for one operation that has not started yet."""
+
+    __slots__ = ("done", "lock", "rows", "taken")
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.lock = threading.Lock()
+        self.rows = rows
+        self.taken = False
+        self.done: asyncio.Future[None] | None = None
+
+    def join(self, rows: Sequence[Row], max_rows: int) -> bool:
+        with self.lock:  # the writer thread may be taking them right now
+            if self.taken or len(self.rows) + len(rows) > max_rows:
+                return False
+            self.rows.extend(rows)
+            return True
+
+    def take(self) -> list[Row]:
+        with self.lock:
+            self.taken = True
+            return self.rows
+
+
+class SharedWrite:
+    """Rows from many callers, written by one operation of the writer.
+
+    A call whose rows find an operation still waiting for the writer adds them to it
+    and waits for that one; otherwise it queues a new one. Under load, the outcomes of
+    every shard's rounds then go in a few statements per transaction rather than a
+    savepoint and statements each: each statement lets go of the GIL and waits to get
+    it back while this process holds the write lock (see ``write_rows``).
+
+    ``write(conn, rows)`` gets the rows in the order they were added. An error fails
+    every call that shared the operation, and each may try again.
+    """
+
+    def __init__(
+        self,
+        writer: GroupCommitWriter,
+        write: Callable[[sqlite3.Connection, list[Row]], None],
+        *,
+        max_rows: int = 4000,
+    ) -> None:
+        self._writer = writer
+        self._write = write
+        self._max_rows = max_rows
+        self._waiting: _Shared | None = None
+
+    async def add(self, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        shared = self._waiting
+        if shared is None or not shared.join(rows, self._max_rows):
+            shared = self._waiting = _Shared(list(rows))
+            shared.done = asyncio.ensure_future(self._writer.run_sync(self._op(shared)))
+        assert shared.done is not None
+        # One caller cancelled (a shard stopping) must not cancel the others' write.
+        await asyncio.shield(shared.done)
+
+    def _op(self, shared: _Shared) -> SyncOperation:
+        def op(conn: sqlite3.Connection) -> None:
+            self._write(conn, shared.take())
+
+        return op

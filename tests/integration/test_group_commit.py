@@ -5,9 +5,12 @@ keep their order with the asynchronous ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from notefly.domain import Category
 from notefly.errors import NotFound
 from notefly.store.sqlite import SqliteStore
+from notefly.store.writer import SharedWrite
 from tests.integration.test_sqlite_store import FakeClock, query
 
 
@@ -163,6 +167,105 @@ async def test_a_write_waits_for_another_process_lock_and_goes_through_after_it(
         await store.writer.run_sync(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0])
         == 0
     ), "the writer waits in its own short steps, not in SQLite's busy handler"
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def record_names(log: list[Rows]) -> Callable[[sqlite3.Connection, Rows], None]:
+    """A SharedWrite's write: names categories, keeping the last name given to each."""
+
+    def write(conn: sqlite3.Connection, rows: Rows) -> None:
+        log.append(list(rows))
+        for category_id, name in rows:
+            if name == "boom":
+                raise sqlite3.OperationalError("the disk is full")
+            conn.execute("UPDATE categories SET name = ? WHERE id = ?", (name, category_id))
+
+    return write
+
+
+@contextlib.asynccontextmanager
+async def writer_busy(store: SqliteStore) -> AsyncIterator[None]:
+    """The writer is inside another operation until the block ends (and then finishes
+    what came meanwhile)."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(store.writer.run_sync(lambda conn: gate.wait(5)))
+    await asyncio.sleep(0.05)
+    try:
+        yield
+        await asyncio.sleep(0.05)  # the callers started in the block have added their rows
+    finally:
+        gate.set()
+        await busy
+
+
+def names(tmp_path: Path) -> dict[str, str]:
+    return dict(query(tmp_path / "n.db", "SELECT id, name FROM categories"))
+
+
+async def test_rows_added_while_the_writer_is_busy_share_one_operation(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    log: list[Rows] = []
+    shared = SharedWrite(store.writer, record_names(log))
+    async with writer_busy(store):
+        calls = [
+            asyncio.ensure_future(shared.add([("finance", "Money")])),
+            asyncio.ensure_future(shared.add([("movies", "Films"), ("finance", "Markets")])),
+            asyncio.ensure_future(shared.add([])),
+        ]
+        await asyncio.sleep(0.05)
+        assert not any(c.done() for c in calls[:2]), "nothing is reported before it commits"
+    await asyncio.gather(*calls)
+
+    assert log == [[("finance", "Money"), ("movies", "Films"), ("finance", "Markets")]]
+    assert names(tmp_path)["finance"] == "Markets", "rows apply in the order they were added"
+    assert names(tmp_path)["movies"] == "Films"
+
+    await shared.add([("sports", "Games")])  # the writer is idle: an operation of its own
+    assert log[-1] == [("sports", "Games")]
+
+
+async def test_a_shared_operation_that_fails_fails_every_caller_and_writes_nothing(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    shared = SharedWrite(store.writer, record_names([]))
+    async with writer_busy(store):
+        first = asyncio.ensure_future(shared.add([("finance", "Money")]))
+        second = asyncio.ensure_future(shared.add([("movies", "boom")]))
+    results = await asyncio.gather(first, second, return_exceptions=True)
+
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results)
+    assert names(tmp_path)["finance"] == "Finance", "the operation rolled back as a whole"
+
+    await shared.add([("finance", "Money")])  # a caller tries again: a new operation
+    assert names(tmp_path)["finance"] == "Money"
+
+
+async def test_a_shared_operation_is_cut_at_its_row_limit(store: SqliteStore) -> None:
+    log: list[Rows] = []
+    shared = SharedWrite(store.writer, record_names(log), max_rows=2)
+    async with writer_busy(store):
+        calls = [
+            asyncio.ensure_future(shared.add([(c, c.title())]))
+            for c in ("finance", "movies", "sports")
+        ]
+    await asyncio.gather(*calls)
+    assert [len(rows) for rows in log] == [2, 1]
+
+
+async def test_a_caller_cancelled_while_waiting_does_not_cancel_the_others(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    shared = SharedWrite(store.writer, record_names([]))
+    async with writer_busy(store):
+        leaving = asyncio.ensure_future(shared.add([("finance", "Money")]))
+        staying = asyncio.ensure_future(shared.add([("movies", "Films")]))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+    await staying
+    assert (names(tmp_path)["finance"], names(tmp_path)["movies"]) == ("Money", "Films")
 
 
 async def test_the_writer_keeps_savepoint_journals_in_memory(store: SqliteStore) -> None:
