@@ -14,14 +14,15 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import structlog
 
+from notefly.addresses import EndpointKind
 from notefly.domain import (
     Category,
     Delivery,
@@ -36,7 +37,7 @@ from notefly.domain import (
     digest_id,
     notification_id,
 )
-from notefly.errors import Conflict, NotFound
+from notefly.errors import Conflict, NotFound, StoreUnavailable
 from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
@@ -68,6 +69,7 @@ from notefly.store.sqlite_rows import (
 from notefly.store.writer import GroupCommitWriter, SharedWrite, write_rows
 
 log = structlog.get_logger("notefly.store")
+T = TypeVar("T")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
@@ -446,11 +448,48 @@ class SqliteStore(
         after a crash starts exactly where the last committed page ended. Deliveries that
         go out now belong to ``owner``, the node that hands them to its shards; the
         others (digests, quiet hours, throttled) wait unowned until they are due.
+
+        The page is read and planned on the reader connection, outside the write lock,
+        and written only if the audience has not changed since (``audience_version``,
+        counted by triggers on users, subscriptions and endpoints); otherwise it is
+        planned again inside the write transaction. A throttle counts deliveries that
+        any transaction may add, so a page with one is always planned inside.
         """
-        plan = self._fanout_op(
+        enabled = set(channels)
+        full = self._fanout_op(
             message, after_user, limit, channels, owner=owner, throttles=throttles
         )
-        return await self.writer.run_sync(plan)
+        if throttles:
+            return await self.writer.run_sync(full)
+
+        def read(conn: sqlite3.Connection) -> tuple[int, _PlannedPage]:
+            conn.execute("BEGIN")  # one snapshot for the version and the page
+            try:
+                (version,) = conn.execute("SELECT n FROM audience_version").fetchone()
+                rows, registered = _read_page(conn, message.category_id, after_user, limit)
+            finally:
+                conn.execute("COMMIT")
+            return version, self._plan_page(
+                message, rows, registered, after_user, limit, enabled, owner, {}, Counter()
+            )
+
+        version, planned = await self._read_sync(read)
+
+        def write(conn: sqlite3.Connection) -> FanoutPage:
+            (now,) = conn.execute("SELECT n FROM audience_version").fetchone()
+            if now != version:
+                return full(conn)  # the audience changed meanwhile: plan it afresh
+            return _write_page(conn, message.id, planned)
+
+        return await self.writer.run_sync(write)
+
+    async def _read_sync(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``read`` on the reader connection's thread, in one step (``read_all``)."""
+        raw = self._reader._conn  # the thread below is the only one that uses it
+        try:
+            return cast(T, await self._reader._execute(read, raw))  # type: ignore[no-untyped-call]
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
 
     def _fanout_op(
         self,
@@ -462,73 +501,61 @@ class SqliteStore(
         owner: str | None,
         throttles: Mapping[str, Throttle] | None,
     ) -> Callable[[sqlite3.Connection], FanoutPage]:
+        """The page read, planned and written in the write transaction."""
         enabled = set(channels)
         throttles = throttles or {}
 
         def op(conn: sqlite3.Connection) -> FanoutPage:
-            cursor = conn.execute(
-                "SELECT s.user_id, s.channels, u.name, u.email, u.phone, u.push_token,"
-                " u.timezone, s.schedule, u.quiet_hours"
-                " FROM subscriptions s JOIN users u ON u.id = s.user_id"
-                " WHERE s.category_id = ? AND s.user_id > ? ORDER BY s.user_id LIMIT ?",
-                (message.category_id, after_user or "", limit),
+            rows, registered = _read_page(conn, message.category_id, after_user, limit)
+            recent = _recent_counts(conn, rows, throttles, self._clock.now())
+            planned = self._plan_page(
+                message, rows, registered, after_user, limit, enabled, owner, throttles, recent
             )
-            rows = list(cursor.fetchall())
-            registered = (
-                registered_in_page(conn, message.category_id, after_user, rows[-1][0])
-                if rows
-                else {}
-            )
-            clock_now = self._clock.now()
-            now = clock_now.isoformat()
-            plan = plan_page(
-                message,
-                [
-                    Subscriber(
-                        User(r[0], r[2], r[3], r[4], r[5], r[6]), r[1].split(","), r[7], r[8]
-                    )
-                    for r in rows
-                ],
-                enabled=enabled,
-                owner=owner,
-                throttles=throttles,
-                registered=registered,
-                recent=_recent_counts(conn, rows, throttles, clock_now),
-                now=clock_now,
-            )
-            delivery_rows = [
-                (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient, d.error,
-                 now, d.owner, d.mode, _ts(d.not_before), d.note, now)
-                for d in plan.deliveries
-            ]  # fmt: skip
-            inbox_rows = [
-                (notification_id(message.id, r[0]), r[0], message.id, message.category_id,
-                 message.title, message.body, message.priority.value,
-                 message.accepted_at.isoformat(),  # stable across a re-run fan-out
-                 via)
-                for r, via in zip(rows, plan.via, strict=True)
-            ]  # fmt: skip
-            write_rows(
-                conn,
-                "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
-                " recipient, error, created_at, owner, mode, not_before, note, updated_at)",
-                delivery_rows,
-            )
-            write_rows(
-                conn,
-                "INSERT OR IGNORE INTO inbox (id, user_id, message_id, category_id, title, body,"
-                " priority, created_at, via)",
-                inbox_rows,
-            )
-            done = len(rows) < limit
-            last = rows[-1][0] if rows else after_user
-            conn.execute(
-                "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
-                (last, int(done), message.id),
-            )
-            return FanoutPage(plan.tasks, plan.skipped, last, done)
+            return _write_page(conn, message.id, planned)
 
         return op
+
+    def _plan_page(
+        self,
+        message: Message,
+        rows: list[Any],
+        registered: Mapping[str, Mapping[EndpointKind, int]],
+        after_user: str | None,
+        limit: int,
+        enabled: set[str],
+        owner: str | None,
+        throttles: Mapping[str, Throttle],
+        recent: Counter[tuple[str, str]],
+    ) -> _PlannedPage:
+        clock_now = self._clock.now()
+        now = clock_now.isoformat()
+        plan = plan_page(
+            message,
+            [_subscriber(r) for r in rows],
+            enabled=enabled,
+            owner=owner,
+            throttles=throttles,
+            registered=registered,
+            recent=recent,
+            now=clock_now,
+        )
+        delivery_rows = [
+            (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient, d.error,
+             now, d.owner, d.mode, _ts(d.not_before), d.note, now)
+            for d in plan.deliveries
+        ]  # fmt: skip
+        inbox_rows = [
+            (notification_id(message.id, r[0]), r[0], message.id, message.category_id,
+             message.title, message.body, message.priority.value,
+             message.accepted_at.isoformat(),  # stable across a re-run fan-out
+             via)
+            for r, via in zip(rows, plan.via, strict=True)
+        ]  # fmt: skip
+        done = len(rows) < limit
+        last = rows[-1][0] if rows else after_user
+        return _PlannedPage(
+            delivery_rows, inbox_rows, FanoutPage(plan.tasks, plan.skipped, last, done)
+        )
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record attempts. A final outcome frees the delivery of its owner; a queued one
@@ -850,6 +877,53 @@ def _digest_task(
     address = task_address(user, channel, recorded[0] if recorded else None)
     recipient = Recipient(user_id, user.name, address, user.timezone)
     return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedPage:
+    """A fan-out page as rows to write, and what it comes to once they are."""
+
+    deliveries: list[tuple[Any, ...]]
+    inbox: list[tuple[Any, ...]]
+    page: FanoutPage
+
+
+def _read_page(
+    conn: sqlite3.Connection, category_id: str, after_user: str | None, limit: int
+) -> tuple[list[Any], dict[str, dict[EndpointKind, int]]]:
+    """The next ``limit`` subscribers after ``after_user``, with their users, and the
+    endpoints they registered."""
+    cursor = conn.execute(
+        "SELECT s.user_id, s.channels, u.name, u.email, u.phone, u.push_token,"
+        " u.timezone, s.schedule, u.quiet_hours"
+        " FROM subscriptions s JOIN users u ON u.id = s.user_id"
+        " WHERE s.category_id = ? AND s.user_id > ? ORDER BY s.user_id LIMIT ?",
+        (category_id, after_user or "", limit),
+    )
+    rows = list(cursor.fetchall())
+    registered = registered_in_page(conn, category_id, after_user, rows[-1][0]) if rows else {}
+    return rows, registered
+
+
+def _write_page(conn: sqlite3.Connection, message_id: str, planned: _PlannedPage) -> FanoutPage:
+    write_rows(
+        conn,
+        "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
+        " recipient, error, created_at, owner, mode, not_before, note, updated_at)",
+        planned.deliveries,
+    )
+    write_rows(
+        conn,
+        "INSERT OR IGNORE INTO inbox (id, user_id, message_id, category_id, title, body,"
+        " priority, created_at, via)",
+        planned.inbox,
+    )
+    page = planned.page
+    conn.execute(
+        "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
+        (page.cursor, int(page.done), message_id),
+    )
+    return page
 
 
 def _record_outcomes(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:

@@ -134,6 +134,9 @@ async def test_both_backends_have_the_same_tables_and_columns(url: str, tmp_path
             columns = conn.execute(f"PRAGMA table_info({table})").fetchall()
             sqlite[table] = {column[1] for column in columns}
 
+    # SQLite's count of audience changes serves its single write lock (a fan-out page
+    # planned outside it is checked against the count); PostgreSQL plans under row locks.
+    assert sqlite.pop("audience_version") == {"id", "n"}
     assert postgres == sqlite
 
 
