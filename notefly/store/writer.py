@@ -54,10 +54,19 @@ _Done = tuple[Any, BaseException | None]
 LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
 
 
-# Rows a statement writes at most in ``write_rows``. The rest of a batch goes in one
-# statement of its own size: at most this many statements to keep compiled per call
-# site (the connections' statement cache has room for them).
-ROWS_PER_STATEMENT = 100
+# Rows a statement of ``write_rows`` writes: as many statements of this size as the
+# batch fills, then one of whole hundreds and one of the rest. Few statements a batch
+# (each lets go of the GIL, see ``write_rows``), and few distinct statement texts to
+# keep compiled per call site: 5 + 99 (the connections' statement cache has room).
+ROWS_PER_STATEMENT = 500
+
+
+def statement_sizes(rows: int) -> list[int]:
+    """How ``write_rows`` splits ``rows`` rows into statements."""
+    full, rest = divmod(rows, ROWS_PER_STATEMENT)
+    sizes = [ROWS_PER_STATEMENT] * full
+    sizes += [size for size in (rest - rest % 100, rest % 100) if size]
+    return sizes
 
 
 def write_rows(
@@ -73,9 +82,11 @@ def write_rows(
     if not rows:
         return
     one = "(" + ", ".join(["?"] * len(rows[0])) + ")"
-    for first in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[first : first + ROWS_PER_STATEMENT]
-        sql = f"{head} VALUES {', '.join([one] * len(chunk))}{tail}"
+    first = 0
+    for size in statement_sizes(len(rows)):
+        chunk = rows[first : first + size]
+        first += size
+        sql = f"{head} VALUES {', '.join([one] * size)}{tail}"
         conn.execute(sql, [value for row in chunk for value in row])
 
 

@@ -18,7 +18,7 @@ import pytest
 from notefly.domain import Category
 from notefly.errors import NotFound
 from notefly.store.sqlite import SqliteStore
-from notefly.store.writer import SharedWrite
+from notefly.store.writer import SharedWrite, statement_sizes, write_rows
 from tests.integration.test_sqlite_store import FakeClock, query
 
 
@@ -274,3 +274,34 @@ async def test_the_writer_keeps_savepoint_journals_in_memory(store: SqliteStore)
         await store.writer.run_sync(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0])
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes"),
+    [
+        (0, []),
+        (1, [1]),
+        (99, [99]),
+        (100, [100]),
+        (437, [400, 37]),
+        (500, [500]),
+        (1037, [500, 500, 37]),
+        (1300, [500, 500, 300]),
+    ],
+)
+def test_rows_go_in_few_statements_of_few_sizes(rows: int, sizes: list[int]) -> None:
+    assert statement_sizes(rows) == sizes
+
+
+def test_write_rows_writes_every_row_once() -> None:
+    every_size = {n for rows in range(1, 1201) for n in statement_sizes(rows)}
+    assert len(every_size) <= 104, "statement texts per call site the cache must hold"
+    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+        for count in (1, 99, 437, 1037):
+            conn.execute("DELETE FROM t")
+            write_rows(conn, "INSERT INTO t (id, name)", [(i, f"n{i}") for i in range(count)])
+            assert conn.execute("SELECT count(*), sum(id) FROM t").fetchone() == (
+                count,
+                count * (count - 1) // 2,
+            )
