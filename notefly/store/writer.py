@@ -336,7 +336,8 @@ class _Shared:
     def take(self) -> list[Row]:
         with self.lock:
             self.taken = True
-            return self.rows
+            rows, self.rows = self.rows, []  # not kept once written
+            return rows
 
 
 class SharedWrite:
