@@ -1033,9 +1033,9 @@ async def _connect(path: Path, *pragmas: str) -> aiosqlite.Connection:
         # synchronous=FULL: a 202 means the message survives a power cut, not only a
         # process crash; group commit pays the fsync once for many publishes.
         await conn.execute("PRAGMA synchronous=FULL")
-        # Delivery ids are hashes, so a big fan-out writes (and its outcomes update) all
-        # over the deliveries table and its indexes: SQLite's default 2 MB page cache
-        # then misses on almost every row once the table outgrows it.
+        # A shard's outcomes update deliveries spread over a fan-out's range of ids (its
+        # users are hashed to it): once a broadcast's rows and index entries outgrow
+        # SQLite's default 2 MB page cache, it misses on most of them.
         await conn.execute(f"PRAGMA cache_size={-CACHE_KIB}")
         for pragma in pragmas:
             await conn.execute(pragma)
