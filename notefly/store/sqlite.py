@@ -485,11 +485,15 @@ class SqliteStore(
 
     async def _read_sync(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``read`` on the reader connection's thread, in one step (``read_all``)."""
-        raw = self._reader._conn  # the thread below is the only one that uses it
         try:
+            raw = self._reader._conn  # the thread below is the only one that uses it
             return cast(T, await self._reader._execute(read, raw))  # type: ignore[no-untyped-call]
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
+        except ValueError as exc:  # aiosqlite's answers once the connection is closed
+            if not any(why in str(exc) for why in ("closed", "no active connection")):
+                raise
+            raise StoreUnavailable("the database connection is closed") from exc
 
     def _fanout_op(
         self,

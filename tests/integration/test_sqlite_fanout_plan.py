@@ -12,6 +12,7 @@ import pytest
 
 from notefly.addresses import EndpointKind
 from notefly.domain import DeliveryTask, Subscription, User
+from notefly.errors import StoreUnavailable
 from notefly.schedule import Throttle
 from notefly.store import sqlite as sqlite_module
 from notefly.store.sqlite import SqliteStore
@@ -172,3 +173,15 @@ async def test_a_throttled_page_is_planned_under_the_lock(
     )
 
     assert seen == ["writer"]
+
+
+async def test_a_page_asked_of_a_closed_store_says_the_store_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    closed = await SqliteStore.open(tmp_path / "closed.db", FakeClock())
+    await seed_audience(closed)
+    await closed.accept_message(message())
+    await closed.close()
+
+    with pytest.raises(StoreUnavailable):
+        await closed.fanout_page(message(), None, 10, ENABLED, owner="n1")
