@@ -95,6 +95,11 @@ def test_every_extension_character_counts_two_septets() -> None:
     assert (cost.encoding, cost.characters) == ("GSM-7", 20)
 
 
+def test_basic_and_extension_characters_together_count_one_and_two_septets() -> None:
+    cost = sms_segments("[Sport] 2-1 {final} ~ 5€")  # 18 basic, 6 from the extension
+    assert (cost.encoding, cost.characters) == ("GSM-7", 18 + 6 * 2)
+
+
 @pytest.mark.parametrize("row", GSM_BASIC_ROWS)
 def test_basic_table_characters_count_one_septet(row: str) -> None:
     cost = sms_segments(row)
