@@ -99,6 +99,20 @@ async def _form_digests(
     """One digest for each (user, channel) of what is due and not being formed by another
     node right now; the digest ids by pair, in the order of ``pairs``, without the pairs
     another node took it all of."""
+    # Row locks alone let two nodes split a pair: while one locks its rows in turn, the
+    # other skips those already locked and takes the rest. A lock on the pair itself,
+    # held until the transaction ends, gives each pair to one node; a pair another node
+    # holds is passed over, as its rows were.
+    mine = await conn.fetch(
+        "SELECT p.user_id, p.channel FROM unnest($1::text[], $2::text[]) AS p(user_id, channel)"
+        " WHERE pg_try_advisory_xact_lock(hashtextextended(p.user_id || chr(31) || p.channel, 0))",
+        [user_id for user_id, _ in pairs],
+        [channel for _, channel in pairs],
+    )
+    held = {(row[0], row[1]) for row in mine}
+    pairs = [pair for pair in pairs if pair in held]
+    if not pairs:
+        return {}
     rows = await conn.fetch(
         "SELECT id, user_id, channel FROM deliveries"
         " WHERE (user_id, channel) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
