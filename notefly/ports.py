@@ -5,10 +5,10 @@ Adapters live in ``notefly.store`` and ``channels``; tests use fakes of these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from notefly.auth import ApiKey
 from notefly.domain import (
@@ -24,6 +24,8 @@ from notefly.domain import (
     User,
 )
 from notefly.schedule import Throttle
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -143,6 +145,13 @@ class PageRequest:
     channels: Sequence[str]  # the channels the node delivers
     owner: str  # the node that sends what goes out now
     throttles: Mapping[str, Throttle]
+
+    def plan_with(self, fanout_page: Callable[..., T], message: Message) -> T:
+        """Call ``fanout_page`` (the port's method, or a store's operation taking the
+        same arguments) for this first page of ``message``."""
+        return fanout_page(
+            message, None, self.limit, self.channels, owner=self.owner, throttles=self.throttles
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,14 +212,7 @@ class FakeStore:
         if not created:
             return Accepted(stored, False, None)
         try:
-            page = await self.fanout_page(
-                message,
-                None,
-                request.limit,
-                request.channels,
-                owner=request.owner,
-                throttles=request.throttles,
-            )
+            page = await request.plan_with(self.fanout_page, message)
         except StoreDown:  # a scripted failure: the fan-out plans the page later
             return Accepted(stored, True, None)
         return Accepted(stored, True, page)

@@ -370,14 +370,7 @@ class PostgresStore(
 
     async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
         accept = self._accept_op(message, request.owner)
-        plan = self._fanout_op(
-            message,
-            None,
-            request.limit,
-            request.channels,
-            owner=request.owner,
-            throttles=request.throttles,
-        )
+        plan = request.plan_with(self._fanout_op, message)
 
         async def op(conn: asyncpg.Connection) -> Accepted:
             stored, created = await accept(conn)

@@ -341,14 +341,7 @@ class SqliteStore(
 
     async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
         accept = self._accept_op(message, request.owner)
-        plan = self._fanout_op(
-            message,
-            None,
-            request.limit,
-            request.channels,
-            owner=request.owner,
-            throttles=request.throttles,
-        )
+        plan = request.plan_with(self._fanout_op, message)
 
         def op(conn: sqlite3.Connection) -> Accepted:
             stored, created = accept(conn)
