@@ -37,7 +37,7 @@ from notefly.domain import (
     digest_id,
     notification_id,
 )
-from notefly.errors import Conflict, NotFound, StoreUnavailable
+from notefly.errors import Conflict, NotFound
 from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
@@ -56,7 +56,7 @@ from notefly.store.sqlite_feed import SqliteInboxFeed
 from notefly.store.sqlite_keys import SqliteKeys
 from notefly.store.sqlite_ops import SqliteOpsMixin
 from notefly.store.sqlite_personal import SqlitePersonalData
-from notefly.store.sqlite_reads import read_all
+from notefly.store.sqlite_reads import read_all, unavailable_when_failing
 from notefly.store.sqlite_rows import (
     _MESSAGE_COLUMNS,
     _TASK_QUERY,
@@ -478,15 +478,9 @@ class SqliteStore(
 
     async def _read_sync(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``read`` on the reader connection's thread, in one step (``read_all``)."""
-        try:
+        with unavailable_when_failing():
             raw = self._reader._conn  # the thread below is the only one that uses it
             return cast(T, await self._reader._execute(read, raw))  # type: ignore[no-untyped-call]
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
-        except ValueError as exc:  # aiosqlite's answers once the connection is closed
-            if not any(why in str(exc) for why in ("closed", "no active connection")):
-                raise
-            raise StoreUnavailable("the database connection is closed") from exc
 
     def _fanout_op(
         self,

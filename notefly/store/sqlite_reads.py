@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import aiosqlite
@@ -19,11 +20,19 @@ async def read_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] =
     the same read transaction, and the connection keeps seeing that old snapshot (a user
     who was just registered is not found). One step per read never leaves one open.
     """
-    try:
+    with unavailable_when_failing():
         return list(await conn.execute_fetchall(sql, params))
+
+
+@contextlib.contextmanager
+def unavailable_when_failing() -> Iterator[None]:
+    """A read that fails because of the database, or its closed connection, raises
+    ``StoreUnavailable``."""
+    try:
+        yield
     except sqlite3.OperationalError as exc:  # locked for too long, disk I/O, ...
         raise StoreUnavailable(f"the database cannot be read: {exc}") from exc
-    except ValueError as exc:  # aiosqlite's answer once the connection is closed
-        if "closed" not in str(exc):
+    except ValueError as exc:  # aiosqlite's answers once the connection is closed
+        if not any(why in str(exc) for why in ("closed", "no active connection")):
             raise
         raise StoreUnavailable("the database connection is closed") from exc
