@@ -66,7 +66,7 @@ from notefly.store.sqlite_rows import (
     _ts,
     task_address,
 )
-from notefly.store.writer import GroupCommitWriter, SharedWrite, write_rows
+from notefly.store.writer import GroupCommitWriter, SharedWrite, in_savepoint, write_rows
 
 log = structlog.get_logger("notefly.store")
 T = TypeVar("T")
@@ -1041,12 +1041,7 @@ def _first_page(
 ) -> FanoutPage | None:
     """Plan a message's first page inside its accept transaction, under a savepoint: a
     page that fails is undone alone, and the fan-out plans it again later."""
-    conn.execute("SAVEPOINT first_page")
-    try:
-        page: FanoutPage | None = plan(conn)
-    except Exception as exc:
-        conn.execute("ROLLBACK TO first_page")
-        log.warning("fanout.first_page_failed", message_id=message_id, error=repr(exc))
-        page = None
-    conn.execute("RELEASE first_page")
-    return page
+    page, error = in_savepoint(conn, plan, "first_page")
+    if error is not None:
+        log.warning("fanout.first_page_failed", message_id=message_id, error=repr(error))
+    return cast(FanoutPage | None, page)

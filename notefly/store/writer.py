@@ -108,6 +108,22 @@ def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
         pause = min(pause * 2, longest)
 
 
+def in_savepoint(
+    conn: sqlite3.Connection, op: SyncOperation, name: str = "op"
+) -> tuple[Any, Exception | None]:
+    """Run ``op`` under a savepoint of the transaction: if it raises, its changes are
+    undone alone and the rest of the transaction goes on. Returns (result, error)."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        result = op(conn)
+    except Exception as exc:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        return None, exc
+    conn.execute(f"RELEASE {name}")
+    return result, None
+
+
 def _run_segment(
     conn: sqlite3.Connection,
     ops: list[SyncOperation],
@@ -133,16 +149,7 @@ def _run_segment(
         for op in ops:
             if max_changes is not None and done and conn.total_changes - start >= max_changes:
                 break
-            conn.execute("SAVEPOINT op")
-            try:
-                result = op(conn)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                done.append((None, exc))
-            else:
-                conn.execute("RELEASE op")
-                done.append((result, None))
+            done.append(in_savepoint(conn, op))
         if commit:
             conn.execute("COMMIT")
     except BaseException:
