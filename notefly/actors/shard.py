@@ -146,20 +146,33 @@ class ChannelShard(pykka.ThreadingActor):
 
     def _round_done(self, done: RoundDone) -> None:
         self._rounds_in_flight -= 1
-        error = done.result.exception()
-        outcomes: dict[str, Outcome] = (
-            {} if error else {o.delivery_id: o for o in done.result.result()}
-        )
-        if error is not None:  # not expected: _send_one contains every provider error
+        future = done.result
+        error = concurrent.futures.CancelledError() if future.cancelled() else future.exception()
+        outcomes: dict[str, Outcome] = {} if error else {o.delivery_id: o for o in future.result()}
+        if error is not None:  # not expected: _send_one contains every delivery's errors
             log.error("shard.round_failed", channel=self.channel.name, error=repr(error))
         settled = []
         for task in done.tasks:
             entity = self.entities[task.recipient.user_id]
             outcome = outcomes.get(task.id)
-            if outcome is None or outcome.status is DeliveryStatus.QUEUED:
+            if outcome is None and task.attempts + 1 >= self._settings.max_attempts:
+                # The round failed as a whole again and again: its providers may have
+                # sent, so trying for ever could repeat a send for ever. Let go; the
+                # store still holds the delivery as queued, for recovery at the next start.
+                log.error(
+                    "delivery.abandoned",
+                    message_id=task.message.id,
+                    delivery_id=task.id,
+                    user=task.recipient.user_id,
+                    channel=task.channel,
+                    attempts=task.attempts + 1,
+                    error=repr(error),
+                )
+            elif outcome is None or outcome.status is DeliveryStatus.QUEUED:
                 # Try again later. The task keeps the head of its user's queue and the
                 # entity waits for it, so later messages never overtake a retried one.
-                attempts = outcome.attempts if outcome else task.attempts
+                # A round that failed as a whole counts as an attempt: it may have sent.
+                attempts = outcome.attempts if outcome else task.attempts + 1
                 entity.pending[0] = replace(task, attempts=attempts)
                 delay = outcome.retry_after if outcome and outcome.retry_after else None
                 self._bridge.tell_later(
@@ -200,7 +213,10 @@ class ChannelShard(pykka.ThreadingActor):
             outcomes = await asyncio.gather(
                 *(self._send_one(task, r, tally, bind=True) for task, r in batch)
             )
-        tally.report(self._observer, self.channel.name)
+        try:
+            tally.report(self._observer, self.channel.name)
+        except Exception:  # observers must not raise; one that does must not cost sends
+            log.exception("observer.error", channel=self.channel.name)
         await self._record(outcomes)
         return outcomes
 
@@ -234,16 +250,28 @@ class ChannelShard(pykka.ThreadingActor):
         self, task: DeliveryTask, rendered: Rendered | Exception, tally: _Tally, *, bind: bool
     ) -> Outcome:
         started = self._monotonic()
-        outcome = await self._attempt(task, rendered, bind=bind)
-        latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
-        if outcome.status is DeliveryStatus.QUEUED:
-            # Decide the wait now, so the store keeps it (not_before) for whichever node
-            # retries after this one.
-            outcome = replace(outcome, retry_after=self._retry_delay(outcome), at=self._clock.now())
-            if outcome.attempts > task.attempts:  # not when a circuit breaker held it back
-                self._observer.delivery_retried(task.channel, outcome.provider, outcome.attempts)
-        else:
-            tally.finished(outcome.provider, outcome.status.value, latency)
+        try:
+            outcome = await self._attempt(task, rendered, bind=bind)
+            latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
+            if outcome.status is DeliveryStatus.QUEUED:
+                # Decide the wait now, so the store keeps it (not_before) for whichever
+                # node retries after this one.
+                outcome = replace(
+                    outcome, retry_after=self._retry_delay(outcome), at=self._clock.now()
+                )
+                if outcome.attempts > task.attempts:  # not when a breaker held it back
+                    self._observer.delivery_retried(
+                        task.channel, outcome.provider, outcome.attempts
+                    )
+                return outcome
+        except Exception as exc:
+            # A fault past the provider's own errors (a send that answered something
+            # that is not a result, say) fails this delivery alone, as a provider that
+            # raises does; left to the round, it would fail every delivery in it.
+            _bind(task)
+            log.exception("delivery.error")
+            outcome, latency = self._failed(task, task.attempts + 1, exc), None
+        tally.finished(outcome.provider, outcome.status.value, latency)
         return outcome
 
     async def _attempt(

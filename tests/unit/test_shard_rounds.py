@@ -4,6 +4,7 @@ retries and failures, log events that name their own delivery, the same metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -296,3 +297,89 @@ def test_a_round_of_outcomes_adds_up_in_the_delivery_counters() -> None:
         value("notefly_deliveries_total", channel="sms", provider="unknown", status="skipped") == 2
     )
     assert value("notefly_provider_latency_seconds_count", channel="sms", provider="log") == 254
+
+
+@pytest.mark.parametrize("immediate", [True, False], ids=["in-turn", "concurrent"])
+async def test_a_provider_answering_nonsense_fails_its_own_delivery_once(
+    store: FakeStore, start_broker: StartBroker, immediate: bool
+) -> None:
+    base = ImmediateFakeChannel if immediate else FakeChannel
+
+    class Nonsense(base):  # type: ignore[valid-type,misc]
+        async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:
+            result: SendResult = await super().send(rendered, delivery_id=delivery_id)
+            return None if rendered.to == "+7002" else result  # type: ignore[return-value]
+
+    phones = {f"user{i}": f"+700{i}" for i in range(1, 7)}
+    for uid, phone in phones.items():
+        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    sms = Nonsense("sms")
+    broker = await start_broker({"sms": sms})
+
+    message = await broker.publish("finance", "Rates are up")
+    await eventually(broker.settled, "every delivery is final")
+
+    def final(uid: str) -> tuple[DeliveryStatus, int, int]:
+        d = store.deliveries[delivery_id(message.id, uid, "sms")]
+        return d.status, d.attempts, len(sms.calls_to(phones[uid]))
+
+    # Sent once, failed at once: a fault after the send must not send again.
+    assert final("user2") == (DeliveryStatus.FAILED, 1, 1)
+    error = store.deliveries[delivery_id(message.id, "user2", "sms")].error
+    assert "AttributeError" in (error or "")
+    others = [uid for uid in phones if uid != "user2"]
+    assert [final(uid) for uid in others] == [(DeliveryStatus.SENT, 1, 1)] * len(others)
+    assert broker.observer.finished == {("sms", "fake", "sent"): 5, ("sms", "fake", "failed"): 1}
+
+
+async def test_an_observer_that_raises_costs_no_delivery_and_no_repeat(
+    store: FakeStore, start_broker: StartBroker
+) -> None:
+    phones = {f"user{i}": f"+710{i}" for i in range(1, 5)}
+    for uid, phone in phones.items():
+        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    sms = ImmediateFakeChannel("sms")
+    broker = await start_broker({"sms": sms})
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("the metrics backend is gone")
+
+    broker.observer.deliveries_finished = broken  # type: ignore[method-assign]
+
+    message = await broker.publish("finance", "Rates are up")
+    await eventually(broker.settled, "every delivery is final")
+
+    statuses = {store.deliveries[delivery_id(message.id, uid, "sms")].status for uid in phones}
+    assert statuses == {DeliveryStatus.SENT}
+    assert sorted(r.to for _, r in sms.calls) == sorted(phones.values())
+
+
+async def test_a_round_that_keeps_failing_is_let_go_after_the_last_attempt(
+    store: FakeStore, start_broker: StartBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds: list[int] = []
+
+    async def lost(self: shard_module.ChannelShard, batch: list[object]) -> list[object]:
+        rounds.append(len(batch))
+        raise RuntimeError("the round was lost")
+
+    monkeypatch.setattr(shard_module.ChannelShard, "_send_round", lost)
+    await add_user(store, "ann", phone="+7201", subscriptions={"finance": ["sms"]})
+    broker = await start_broker({"sms": FakeChannel("sms")})
+
+    with capture_logs() as logs:
+        message = await broker.publish("finance", "Rates are up")
+        await eventually(
+            lambda: any(e["event"] == "delivery.abandoned" for e in logs), "the shard lets go"
+        )
+        await asyncio.sleep(0.3)  # longer than any backoff left: no round comes after
+
+    # Each lost round counts as an attempt, as one that sent may have: a fault that
+    # fails every round would otherwise send again for ever.
+    assert rounds == [1] * MAX_ATTEMPTS
+    abandoned = [e for e in logs if e["event"] == "delivery.abandoned"]
+    assert [(e["delivery_id"], e["attempts"]) for e in abandoned] == [
+        (delivery_id(message.id, "ann", "sms"), MAX_ATTEMPTS)
+    ]
+    # Still queued in the store: recovery takes it up at the next start.
+    assert store.deliveries[delivery_id(message.id, "ann", "sms")].status is DeliveryStatus.QUEUED
