@@ -89,6 +89,28 @@ async def test_two_stores_opening_a_new_file_at_once_migrate_it_once(tmp_path: P
         assert query(path, "SELECT count(*) FROM categories") == [(3,)]
 
 
+async def test_every_lookup_of_deliveries_by_user_searches_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "n.db"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await migrate_sqlite(conn)
+    lookups = [  # erasure, a user's data, digest collection, throttle counts
+        "DELETE FROM deliveries WHERE user_id = 'u'",
+        "SELECT id FROM deliveries WHERE user_id = 'u' ORDER BY created_at DESC, id DESC",
+        "SELECT min(id), count(*) FROM deliveries WHERE user_id = 'u' AND channel = 'sms'",
+        "SELECT user_id, count(*) FROM deliveries WHERE channel = 'sms'"
+        " AND created_at >= '2024-05-01' AND user_id IN ('u', 'v') GROUP BY user_id",
+    ]
+    indexes = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
+
+    assert "deliveries_by_user" not in indexes  # deliveries_recent leads with user_id
+    for sql in lookups:
+        plan = " ".join(row[3] for row in query(path, f"EXPLAIN QUERY PLAN {sql}"))
+        assert (
+            plan.startswith("SEARCH deliveries USING ")
+            and "INDEX deliveries_recent (user_id=?" in plan
+        ), (sql, plan)
+
+
 def test_the_initial_script_splits_into_its_statements() -> None:
     init = next(m for m in load_migrations("sqlite") if m.version == 1)
     statements = init.statements()
