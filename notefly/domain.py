@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -201,6 +202,13 @@ def delivery_id(message_id: str, user_id: str, channel: str) -> str:
     """
     digest = hashlib.blake2b(f"{message_id}:{user_id}:{channel}".encode(), digest_size=12)
     return "d_" + ordered_key(message_id) + ordered_key(user_id) + digest.hexdigest()
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """Which of ``partitions`` a user falls in: the shard of each channel that hosts the
+    user's entity. A fan-out page writes its rows grouped the same way (``plan_page``),
+    so the deliveries a shard sends together lie together on disk."""
+    return zlib.crc32(user_id.encode()) % partitions
 
 
 def ordered_key(entity_id: str) -> str:

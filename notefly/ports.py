@@ -145,12 +145,19 @@ class PageRequest:
     channels: Sequence[str]  # the channels the node delivers
     owner: str  # the node that sends what goes out now
     throttles: Mapping[str, Throttle]
+    partitions: int = 1  # see ``Store.fanout_page``
 
     def plan_with(self, fanout_page: Callable[..., T], message: Message) -> T:
         """Call ``fanout_page`` (the port's method, or a store's operation taking the
         same arguments) for this first page of ``message``."""
         return fanout_page(
-            message, None, self.limit, self.channels, owner=self.owner, throttles=self.throttles
+            message,
+            None,
+            self.limit,
+            self.channels,
+            owner=self.owner,
+            throttles=self.throttles,
+            partitions=self.partitions,
         )
 
 
@@ -212,7 +219,13 @@ class Store(Protocol):
         *,
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
-    ) -> FanoutPage: ...
+        partitions: int = 1,
+    ) -> FanoutPage:
+        """``partitions``: the shards per channel that will send the page; its rows are
+        written grouped by channel and ``partition_of`` their user, so that recording
+        the outcomes of one shard's round rewrites few pages of the store."""
+        ...
+
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
 
     # Work distribution between broker nodes (processes, on one machine or several):

@@ -246,6 +246,7 @@ class FakeStore:
         *,
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
+        partitions: int = 1,  # the order of rows on disk: nothing to do here
     ) -> FanoutPage:
         # Schedules, quiet hours and throttles are not modelled here: every subscription
         # is immediate (they are tested against the real store).

@@ -34,6 +34,7 @@ class CategoryActor(pykka.ThreadingActor):
         retry_seconds: float,
         throttles: Mapping[str, Throttle] | None = None,
         wait_seconds: float = 0.05,
+        partitions: int = 1,
     ) -> None:
         super().__init__()
         self.category_id = category_id
@@ -48,6 +49,7 @@ class CategoryActor(pykka.ThreadingActor):
         self._channels = tuple(channels)
         self._page_size = page_size
         self._retry_seconds = retry_seconds
+        self._partitions = partitions
         self.active: dict[str, int] = {}  # message id -> deliveries handed on so far
         # Pages waiting for room, in the order they were asked for.
         self._waiting: deque[Fanout] = deque()
@@ -91,6 +93,7 @@ class CategoryActor(pykka.ThreadingActor):
             self._channels,
             owner=self._owner,
             throttles=self._throttles,
+            partitions=self._partitions,
         )
         self._bridge.pipe(
             coro, self.actor_ref, lambda f: PageDone(fanout.message, fanout.cursor, f)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -27,7 +26,7 @@ from notefly.actors.category import CategoryActor
 from notefly.actors.messages import Deliver, Fanout
 from notefly.actors.pump import PumpSettings, WorkPump
 from notefly.actors.shard import ChannelShard, ShardSettings
-from notefly.domain import DeliveryTask, Message
+from notefly.domain import DeliveryTask, Message, partition_of
 from notefly.ports import (
     Channel,
     Clock,
@@ -86,7 +85,13 @@ class ActorSystem:
         self._observer = observer or NullObserver()
         self._throttles = dict(throttles or {})
         self._first_page = (
-            PageRequest(first_page_size, tuple(self._channels), node_id, self._throttles)
+            PageRequest(
+                first_page_size,
+                tuple(self._channels),
+                node_id,
+                self._throttles,
+                shards_per_channel,
+            )
             if first_page_size > 0
             else None
         )
@@ -238,7 +243,7 @@ class ActorSystem:
     # -- internals --------------------------------------------------------------------
 
     def _shard_of(self, user_id: str) -> int:
-        return zlib.crc32(user_id.encode()) % self._shards_per_channel
+        return partition_of(user_id, self._shards_per_channel)
 
     def _shard(self, channel: str, index: int) -> pykka.ActorRef[ChannelShard]:
         ref = self._shards[channel][index]
@@ -289,5 +294,6 @@ class ActorSystem:
                     owner=self.node_id,
                     retry_seconds=self._shard_settings.retry_base_seconds,
                     throttles=self._throttles,
+                    partitions=self._shards_per_channel,
                 )
             return ref

@@ -468,6 +468,7 @@ class PostgresStore(
         *,
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
+        partitions: int = 1,
     ) -> FanoutPage:
         """Turn the next page of the audience into deliveries and inbox entries.
 
@@ -477,7 +478,13 @@ class PostgresStore(
         others (digests, quiet hours, throttled) wait unowned until they are due.
         """
         plan = self._fanout_op(
-            message, after_user, limit, channels, owner=owner, throttles=throttles
+            message,
+            after_user,
+            limit,
+            channels,
+            owner=owner,
+            throttles=throttles,
+            partitions=partitions,
         )
         return await self._in_transaction(plan)
 
@@ -490,6 +497,7 @@ class PostgresStore(
         *,
         owner: str | None,
         throttles: Mapping[str, Throttle] | None,
+        partitions: int = 1,
     ) -> Callable[[asyncpg.Connection], Awaitable[FanoutPage]]:
         enabled = set(channels)
         throttles = throttles or {}
@@ -523,6 +531,7 @@ class PostgresStore(
                 registered=registered,
                 recent=recent,
                 now=now,
+                partitions=partitions,
             )
             deliveries = [
                 (d.id, d.user_id, d.channel, d.status.value, d.recipient, d.error, d.owner,

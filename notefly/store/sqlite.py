@@ -434,6 +434,7 @@ class SqliteStore(
         *,
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
+        partitions: int = 1,
     ) -> FanoutPage:
         """Turn the next page of the audience into deliveries and inbox entries.
 
@@ -450,7 +451,13 @@ class SqliteStore(
         """
         enabled = set(channels)
         full = self._fanout_op(
-            message, after_user, limit, channels, owner=owner, throttles=throttles
+            message,
+            after_user,
+            limit,
+            channels,
+            owner=owner,
+            throttles=throttles,
+            partitions=partitions,
         )
         if throttles:
             return await self.writer.run_sync(full)
@@ -463,8 +470,9 @@ class SqliteStore(
             finally:
                 conn.execute("COMMIT")
             return version, self._plan_page(
-                message, rows, registered, after_user, limit, enabled, owner, {}, Counter()
-            )
+                message, rows, registered, after_user, limit, enabled, owner, {}, Counter(),
+                partitions,
+            )  # fmt: skip
 
         version, planned = await self._read_sync(read)
 
@@ -491,6 +499,7 @@ class SqliteStore(
         *,
         owner: str | None,
         throttles: Mapping[str, Throttle] | None,
+        partitions: int = 1,
     ) -> Callable[[sqlite3.Connection], FanoutPage]:
         """The page read, planned and written in the write transaction."""
         enabled = set(channels)
@@ -500,8 +509,9 @@ class SqliteStore(
             rows, registered = _read_page(conn, message.category_id, after_user, limit)
             recent = _recent_counts(conn, rows, throttles, self._clock.now())
             planned = self._plan_page(
-                message, rows, registered, after_user, limit, enabled, owner, throttles, recent
-            )
+                message, rows, registered, after_user, limit, enabled, owner, throttles, recent,
+                partitions,
+            )  # fmt: skip
             return _write_page(conn, message.id, planned)
 
         return op
@@ -517,6 +527,7 @@ class SqliteStore(
         owner: str | None,
         throttles: Mapping[str, Throttle],
         recent: Counter[tuple[str, str]],
+        partitions: int,
     ) -> _PlannedPage:
         clock_now = self._clock.now()
         now = clock_now.isoformat()
@@ -529,6 +540,7 @@ class SqliteStore(
             registered=registered,
             recent=recent,
             now=clock_now,
+            partitions=partitions,
         )
         delivery_rows = [
             (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient, d.error,

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pykka
 import pytest
@@ -23,6 +24,7 @@ from notefly.actors import ActorSystem
 from notefly.actors.shard import ShardSettings
 from notefly.domain import DeliveryStatus, Message, Outcome, Subscription, User, delivery_id
 from notefly.errors import PermanentChannelError, TransientChannelError
+from notefly.ports import FanoutPage
 from notefly.rendering import TemplateRenderer, build_environment
 from notefly.services import PublishCommand, Publisher
 from tests.fakes import FakeChannel, FakeIds, FakeStore, FixedClock
@@ -216,6 +218,28 @@ async def test_pagination_reaches_every_subscriber_exactly_once(
 
     assert broker.received() == {(uid, "email", message.id): 1 for uid in users}
     assert sorted(n.user_id for _, n in store.inbox.values()) == users
+
+
+async def test_every_page_is_planned_for_the_shards_that_send_it(
+    store: FakeStore, start_broker: StartBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for uid in ("u1", "u2", "u3", "u4"):
+        await add_user(store, uid, email=f"{uid}@example.org", subscriptions={"movies": ["email"]})
+    asked: list[int] = []
+    original = store.fanout_page
+
+    async def spy(*args: Any, partitions: int = 1, **kwargs: Any) -> FanoutPage:
+        asked.append(partitions)
+        return await original(*args, partitions=partitions, **kwargs)
+
+    monkeypatch.setattr(store, "fanout_page", spy)
+    broker = await start_broker(page_size=2)  # two shards a channel
+
+    await broker.publish("movies", "Premiere")
+    await eventually(broker.settled, "every delivery is final")
+
+    # The first page, with the message, then the rest two users at a time.
+    assert asked == [2, 2, 2]
 
 
 async def test_a_channel_without_an_address_or_not_enabled_is_skipped_not_sent(
