@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from notefly.addresses import EndpointKind, channel_address, needs_address
 from notefly.domain import (
@@ -38,8 +39,11 @@ class Subscriber:
     quiet_hours: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedDelivery:
+class PlannedDelivery(NamedTuple):
+    """A delivery row to write. A named tuple rather than a frozen dataclass: one is
+    made for every delivery of a fan-out, and a frozen dataclass of ten fields takes
+    about 1.1 us to make against 0.3 us."""
+
     id: str
     user_id: str
     channel: str

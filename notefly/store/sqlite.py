@@ -570,11 +570,13 @@ class SqliteStore(
         rows = []
         for o in outcomes:
             at = o.at or now
-            retrying = o.status is DeliveryStatus.QUEUED
+            stamp = at.isoformat()  # about 0.8 us each: once a row
+            status = o.status
+            retrying = status is DeliveryStatus.QUEUED
             not_before = at + timedelta(seconds=o.retry_after or 0) if retrying else None
             rows.append(
                 (
-                    o.status.value,
+                    status.value,
                     o.attempts,
                     o.provider,
                     o.provider_message_id,
@@ -582,8 +584,8 @@ class SqliteStore(
                     o.subject,
                     o.text,
                     o.error,
-                    at.isoformat(),
-                    at.isoformat() if o.status is DeliveryStatus.SENT else None,
+                    stamp,
+                    stamp if status is DeliveryStatus.SENT else None,
                     _ts(not_before),
                     int(retrying),
                     o.delivery_id,
