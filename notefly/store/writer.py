@@ -324,15 +324,21 @@ Row = tuple[Any, ...]
 
 
 class _Shared:
-    """Rows waiting for one operation that has not started yet."""
+    """Rows waiting for one operation of the writer, queued as soon as it is made."""
 
-    __slots__ = ("done", "lock", "rows", "taken")
+    __slots__ = ("done", "lock", "rows", "taken", "write")
 
-    def __init__(self, rows: list[Row]) -> None:
+    def __init__(
+        self,
+        writer: GroupCommitWriter,
+        write: Callable[[sqlite3.Connection, list[Row]], None],
+        rows: list[Row],
+    ) -> None:
         self.lock = threading.Lock()
         self.rows = rows
         self.taken = False
-        self.done: asyncio.Future[None] | None = None
+        self.write = write
+        self.done = asyncio.ensure_future(writer.run_sync(self._op))
 
     def join(self, rows: Sequence[Row], max_rows: int) -> bool:
         with self.lock:  # the writer thread may be taking them right now
@@ -341,11 +347,11 @@ class _Shared:
             self.rows.extend(rows)
             return True
 
-    def take(self) -> list[Row]:
+    def _op(self, conn: sqlite3.Connection) -> None:
         with self.lock:
             self.taken = True
             rows, self.rows = self.rows, []  # not kept once written
-            return rows
+        self.write(conn, rows)
 
 
 class SharedWrite:
@@ -378,14 +384,6 @@ class SharedWrite:
             return
         shared = self._waiting
         if shared is None or not shared.join(rows, self._max_rows):
-            shared = self._waiting = _Shared(list(rows))
-            shared.done = asyncio.ensure_future(self._writer.run_sync(self._op(shared)))
-        assert shared.done is not None
+            shared = self._waiting = _Shared(self._writer, self._write, list(rows))
         # One caller cancelled (a shard stopping) must not cancel the others' write.
         await asyncio.shield(shared.done)
-
-    def _op(self, shared: _Shared) -> SyncOperation:
-        def op(conn: sqlite3.Connection) -> None:
-            self._write(conn, shared.take())
-
-        return op
