@@ -190,28 +190,27 @@ async def test_a_page_asked_of_a_closed_store_says_the_store_is_unavailable(
 
 @pytest.mark.parametrize("first_page", [True, False], ids=["with-the-message", "later"])
 async def test_a_page_is_written_grouped_as_the_shards_send_it(
-    tmp_path: Path, first_page: bool
+    store: SqliteStore, tmp_path: Path, first_page: bool
 ) -> None:
-    store = await SqliteStore.open(tmp_path / "n.db", FakeClock())
-    try:
-        await seed_audience(store)
-        for i in range(10, 40):
-            uid = f"u{i}"
-            await store.add_user(User(uid, uid, email=f"{uid}@example.org", phone=f"+1555{i:07d}"))
-            channels = ("email", "sms")[: 1 + i % 2]
-            await store.upsert_subscription(Subscription(uid, "sports", channels))
-        request = PageRequest(100, ENABLED, "n1", {}, partitions=4)
-        if first_page:
-            accepted = await store.accept_with_page(message(), request)
-            assert accepted.page is not None and accepted.page.done
-        else:
-            await store.accept_message(message())
-            page = await request.plan_with(store.fanout_page, message())
-            assert page.done
-    finally:
-        await store.close()
+    for i in range(10, 40):
+        uid = f"u{i}"
+        await store.add_user(User(uid, uid, email=f"{uid}@example.org", phone=f"+1555{i:07d}"))
+        channels = ("email", "sms")[: 1 + i % 2]
+        await store.upsert_subscription(Subscription(uid, "sports", channels))
+    request = PageRequest(100, ENABLED, "n1", {}, partitions=4)
+    grouped = message("m2")  # the fixture's m1 is accepted and not fanned out
+    if first_page:
+        accepted = await store.accept_with_page(grouped, request)
+        assert accepted.page is not None and accepted.page.done
+    else:
+        await store.accept_message(grouped)
+        page = await request.plan_with(store.fanout_page, grouped)
+        assert page.done
 
-    rows = query(tmp_path / "n.db", "SELECT user_id, channel FROM deliveries ORDER BY rowid")
+    rows = query(
+        tmp_path / "n.db", "SELECT user_id, channel FROM deliveries WHERE message_id = 'm2'"
+        " ORDER BY rowid"
+    )  # fmt: skip
     in_user_order = sorted(rows)
     assert len(rows) == 7 + 30 + 15  # u1-u5, and one or two each for u10-u39
     # On disk by channel and shard, and by user within each: one shard's round of
