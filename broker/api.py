@@ -12,6 +12,7 @@ from quart_schema.openapi import OpenAPIProvider
 from notefly import validation
 from notefly.apidocs import with_common_responses
 from notefly.domain import Category, Delivery, Message, Priority
+from notefly.services import PublishCommand
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -56,6 +57,17 @@ class PublishRequest(Strict):
     @classmethod
     def template_data(cls, value: dict[str, Any]) -> dict[str, Any]:
         return validation.template_data(value)
+
+    def command(self) -> PublishCommand:
+        return PublishCommand(
+            category=self.category,
+            body=self.body,
+            title=self.title,
+            data=self.data,
+            priority=self.priority,
+            idempotency_key=self.idempotency_key,
+            deliver_at=self.deliver_at,
+        )
 
 
 class PublishResponse(BaseModel):

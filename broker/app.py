@@ -12,7 +12,7 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 import notefly
-from broker import auth, dashboard, deadletters, ops, pages, routes
+from broker import auth, dashboard, deadletters, ingest, ops, pages, routes
 from broker.api import CommonResponses
 from broker.web import install_error_handlers
 from notefly.containers import Container, resolve
@@ -61,4 +61,5 @@ def create_app(container: Container) -> Quart:
     deadletters.install(app, container)  # GET /deliveries, POST /deliveries/redrive
     app.register_blueprint(dashboard.blueprint)
     auth.install(app, container)  # who may call what; every route has a policy
+    ingest.install(app)  # the common POST /pub, answered before Quart's machinery
     return app

@@ -25,6 +25,22 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+def error_response(exc: Exception, path: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The body, status and headers that answer ``exc`` raised while serving ``path``.
+
+    Call it in the ``except`` block: an unexpected error is logged with its traceback.
+    """
+    if isinstance(exc, NoteflyError):
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else {}
+        return exc.to_dict(), exc.status, headers
+    if is_store_failure(exc):
+        log.error("http.store_unavailable", path=path, error=repr(exc))
+        return error_response(StoreUnavailable("the store cannot be reached"), path)
+    log.exception("http.unexpected_error", path=path)
+    return error_body("internal_error", "an unexpected error occurred"), 500, {}
+
+
 def install_error_handlers(app: Quart) -> None:
     """Every error leaves as ``{"error": {"code", "message", "details"}}``."""
 
@@ -32,9 +48,7 @@ def install_error_handlers(app: Quart) -> None:
     async def notefly_error(
         exc: NoteflyError,
     ) -> tuple[dict[str, Any], int, dict[str, str]]:
-        retry_after = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else {}
-        return exc.to_dict(), exc.status, headers
+        return error_response(exc, request.path)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
@@ -44,11 +58,7 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
-        if is_store_failure(exc):
-            log.error("http.store_unavailable", path=request.path, error=repr(exc))
-            return await notefly_error(StoreUnavailable("the store cannot be reached"))
-        log.exception("http.unexpected_error", path=request.path)
-        return error_body("internal_error", "an unexpected error occurred"), 500, {}
+        return error_response(exc, request.path)
 
 
 def services() -> BrokerServices:
