@@ -66,6 +66,7 @@ from notefly.store.sqlite_rows import (
     _ts,
     task_address,
 )
+from notefly.store.turns import WriteTurns
 from notefly.store.writer import GroupCommitWriter, SharedWrite, in_savepoint, write_rows
 
 log = structlog.get_logger("notefly.store")
@@ -87,12 +88,19 @@ class SqliteStore(
     """The ``Store`` port on one SQLite file."""
 
     def __init__(
-        self, writer_conn: aiosqlite.Connection, reader: aiosqlite.Connection, clock: Clock
+        self,
+        writer_conn: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        clock: Clock,
+        turns: WriteTurns | None = None,
     ) -> None:
         self._writer_conn = writer_conn
         self._reader = reader
         self._clock = clock
-        self.writer = GroupCommitWriter(writer_conn, lock_timeout=BUSY_TIMEOUT_MS / 1000)
+        self._turns = turns
+        self.writer = GroupCommitWriter(
+            writer_conn, lock_timeout=BUSY_TIMEOUT_MS / 1000, turns=turns
+        )
         # The shards' rounds, recorded together while the writer is busy.
         self._outcomes = SharedWrite(self.writer, _record_outcomes)
         # Categories are never changed nor removed once added: every publish looks its
@@ -118,7 +126,14 @@ class SqliteStore(
         except BaseException:
             await writer.close()
             raise
-        store = cls(writer, reader, clock)
+        try:
+            # The processes on this file take turns at its write lock (see WriteTurns).
+            turns = WriteTurns(path.with_name(path.name + ".turns"))
+        except BaseException:
+            await reader.close()
+            await writer.close()
+            raise
+        store = cls(writer, reader, clock, turns)
         store.writer.start()
         return store
 
@@ -131,6 +146,8 @@ class SqliteStore(
         finally:
             await self._reader.close()
             await self._writer_conn.close()
+            if self._turns is not None:
+                self._turns.close()
 
     async def ping(self) -> None:
         await self._one("SELECT 1")

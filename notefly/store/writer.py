@@ -30,6 +30,7 @@ import aiosqlite
 import structlog
 
 from notefly.errors import StoreUnavailable
+from notefly.store.turns import WriteTurns
 
 T = TypeVar("T")
 Operation = Callable[[aiosqlite.Connection], Awaitable[Any]]
@@ -133,6 +134,7 @@ def _run_segment(
     commit: bool,
     lock_timeout: float,
     max_changes: int | None = None,
+    turns: WriteTurns | None = None,
 ) -> list[_Done]:
     """Run synchronous operations, each under its own savepoint, on the writer thread.
 
@@ -141,7 +143,30 @@ def _run_segment(
     ``lock_timeout``: how long ``begin`` waits for another process's write lock.
     ``max_changes``: once the operations run so far changed that many rows, the rest
     are left for the next transaction (the result has fewer entries than ``ops``).
+    ``turns``: with ``begin`` and ``commit``, the transaction waits for this process's
+    turn first, and gives it back once it is over.
     """
+    taken = False
+    if begin and commit and turns is not None:
+        deadline = time.monotonic() + lock_timeout
+        taken = turns.take(lock_timeout)
+        lock_timeout = max(deadline - time.monotonic(), 0.0)
+    try:
+        return _run_transaction(conn, ops, begin, commit, lock_timeout, max_changes)
+    finally:
+        if taken:
+            assert turns is not None
+            turns.give_back()
+
+
+def _run_transaction(
+    conn: sqlite3.Connection,
+    ops: list[SyncOperation],
+    begin: bool,
+    commit: bool,
+    lock_timeout: float,
+    max_changes: int | None,
+) -> list[_Done]:
     if begin:
         begin_immediate(conn, lock_timeout)
     done: list[_Done] = []
@@ -167,7 +192,9 @@ class GroupCommitWriter:
     to the next one. It keeps a transaction short (tens of milliseconds) when big
     writes pile up, so that other processes on the same file (workers, and their
     heartbeats) get the write lock in between instead of waiting behind one huge
-    commit."""
+    commit. ``turns``: the processes' turns at the write lock (``WriteTurns``), taken
+    by every transaction of synchronous operations only; the rare one with
+    asynchronous operations spans several hops and waits for the lock as before."""
 
     def __init__(
         self,
@@ -176,9 +203,11 @@ class GroupCommitWriter:
         lock_timeout: float,
         max_batch: int = 256,
         max_changes: int = 4000,
+        turns: WriteTurns | None = None,
     ) -> None:
         self._conn = conn
         self._lock_timeout = lock_timeout
+        self._turns = turns
         self._max_batch = max_batch
         self._max_changes = max_changes
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
@@ -280,6 +309,7 @@ class GroupCommitWriter:
                 commit=commit,
                 max_changes=max_changes,
                 lock_timeout=self._lock_timeout,
+                turns=self._turns,
             )
 
         return cast(list[_Done], await self._conn._execute(call))  # type: ignore[no-untyped-call]

@@ -18,6 +18,7 @@ import pytest
 from notefly.domain import Category
 from notefly.errors import NotFound
 from notefly.store.sqlite import SqliteStore
+from notefly.store.turns import WriteTurns
 from notefly.store.writer import SharedWrite, statement_sizes, write_rows
 from tests.integration.test_sqlite_store import FakeClock, query
 
@@ -167,6 +168,26 @@ async def test_a_write_waits_for_another_process_lock_and_goes_through_after_it(
         await store.writer.run_sync(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0])
         == 0
     ), "the writer waits in its own short steps, not in SQLite's busy handler"
+
+
+async def test_processes_on_one_file_take_turns_at_the_write_lock(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """Another process's turn (``WriteTurns`` on the file beside the database) holds
+    this store's next transaction back until it is given back."""
+    other = WriteTurns(tmp_path / "n.db.turns")
+    try:
+        assert other.take(0.0)
+        write = asyncio.ensure_future(store.writer.run_sync(insert_category("second")))
+        await asyncio.sleep(0.3)
+        assert not write.done(), "it waits for its turn"
+        other.give_back()
+        assert await asyncio.wait_for(write, timeout=5) == "second"
+        # It gave its turn back after its commit: the other process gets it at once.
+        assert other.take(0.0)
+        other.give_back()
+    finally:
+        other.close()
 
 
 Rows = list[tuple[Any, ...]]
