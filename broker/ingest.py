@@ -19,7 +19,7 @@ the message may be committed.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from quart import Quart, Response
@@ -50,17 +50,16 @@ if TYPE_CHECKING:
 PATH = "/pub"
 ACCESS = ROUTES.access("POST", PATH)
 JSON_TYPES = (b"application/json", b"")
+JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
-def accepted_response(message: Message, created: bool) -> Response:
-    """202 with the message's id, where to follow it, and whether it was a replay."""
+def accepted(message: Message, created: bool) -> tuple[str, dict[str, str]]:
+    """The 202's JSON body and its headers besides the content's type and length: the
+    message's id, where to follow it, and whether it was an idempotent replay."""
     headers = {"Location": f"/messages/{message.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    # A ready Response: returning a dict makes quart-schema build pydantic adapters for
-    # the body and the headers on every call (a seventh of a publish's CPU time).
-    payload = PublishResponse.of(message).model_dump_json()
-    return Response(payload, status=202, headers=headers, mimetype="application/json")
+    return PublishResponse.of(message).model_dump_json(), headers
 
 
 def install(app: Quart) -> None:
@@ -120,15 +119,25 @@ class FastPublish:
             return
         try:
             message, created = await services.publisher.publish(body.command())
-            response = accepted_response(message, created)
-        except Exception as exc:
-            answer = error_response(exc, PATH)
-            async with self._app.app_context():
-                made = await self._app.make_response(answer)
-            response = cast(Response, made)  # a JSON body: a Quart response
-        await _send(send, response)
-        ops.metrics.http_request(
-            SERVICE, "POST", PATH, response.status_code, time.perf_counter() - started
+            # Not a Quart Response: making one cost a twelfth of the event loop's time.
+            payload, headers = accepted(message, created)
+            content = payload.encode()
+            status, fields = 202, [*JSON_HEADERS, ("Content-Length", str(len(content)))]
+            fields += headers.items()
+        except Exception as exc:  # the message may be committed: this answer is final
+            status, fields, content = await self._error(exc)
+        await _send(send, status, fields, content)
+        ops.metrics.http_request(SERVICE, "POST", PATH, status, time.perf_counter() - started)
+
+    async def _error(self, exc: Exception) -> tuple[int, list[tuple[str, str]], bytes]:
+        """What the route's error handlers answer to ``exc``."""
+        async with self._app.app_context():
+            made = await self._app.make_response(error_response(exc, PATH))
+        response = cast(Response, made)  # a JSON body: a Quart response
+        return (
+            response.status_code,
+            list(response.headers.items()),
+            await response.get_data(as_text=False),
         )
 
 
@@ -173,9 +182,10 @@ def _replay(body: bytes, more: bool, receive: ASGIReceiveCallable) -> ASGIReceiv
     return replayed
 
 
-async def _send(send: ASGISendCallable, response: Response) -> None:
-    """Send a ready response as Quart would (its headers encoded the same way)."""
-    body = await response.get_data(as_text=False)
-    headers = [(k.lower().encode(), v.encode()) for k, v in response.headers.items()]
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+async def _send(
+    send: ASGISendCallable, status: int, headers: Iterable[tuple[str, str]], body: bytes
+) -> None:
+    """Send a response, its headers encoded as Quart encodes them."""
+    encoded = [(k.lower().encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": encoded})
     await send({"type": "http.response.body", "body": body, "more_body": False})

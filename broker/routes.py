@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, Response
 from quart_schema import document_request, document_response
 
 import notefly
@@ -23,7 +23,7 @@ from broker.api import (
     PublishResponse,
 )
 from broker.auth import check_category
-from broker.ingest import accepted_response
+from broker.ingest import accepted
 from broker.web import is_form, read_payload, services
 from notefly.services import message_status
 
@@ -43,7 +43,8 @@ async def publish() -> Any:
     body = await read_payload(PublishRequest)
     check_category(body.category)
     message, created = await services().publisher.publish(body.command())
-    return accepted_response(message, created)
+    payload, headers = accepted(message, created)
+    return Response(payload, status=202, headers=headers, mimetype="application/json")
 
 
 @blueprint.get("/messages/<message_id>")
