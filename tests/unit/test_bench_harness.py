@@ -113,6 +113,34 @@ async def test_paced_requests_keep_their_order_times_and_answers(echo_server: st
     assert all(s.sent >= s.due and s.answered >= s.sent for s in sent)
 
 
+async def test_a_request_without_an_answer_is_given_up_after_its_time():
+    """Status 0 after ``request_seconds``; the next request goes on a new connection."""
+    connections = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read()  # never answers; returns when the client hangs up
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        sent = await loadgen.paced(
+            url,
+            "/pub",
+            rate=100,
+            count=2,
+            body=lambda i: b"{}",
+            connections=1,
+            request_seconds=0.2,
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [s.status for s in sent] == [0, 0]
+    assert all(0.19 < s.answered - s.sent < 2.0 for s in sent)
+    assert len(connections) == 2
+
+
 def test_proc_status_gives_memory_and_threads():
     text = "Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nThreads:\t17\n"
     use = parse_status(42, text)
