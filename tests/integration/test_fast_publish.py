@@ -118,8 +118,8 @@ async def test_its_answers_match_the_routes(keyed: Keyed):
 
     assert first.status_code == replay_fast.status_code == replay_route.status_code == 202
     assert await replay_fast.get_json() == await replay_route.get_json() == await first.get_json()
-    for name in ("Location", "Idempotent-Replayed", "Content-Type", "Content-Length"):
-        assert replay_fast.headers[name] == replay_route.headers[name], name
+    # Every header: a hook that adds one to the route's answers must add it here too.
+    assert sorted(replay_fast.headers.items()) == sorted(replay_route.headers.items())
     assert replay_fast.headers["Idempotent-Replayed"] == "true"
     assert keyed.routed.calls == ["POST /pub"]  # only the request sent to it
     assert await keyed.messages() == 1
