@@ -53,7 +53,7 @@ class Sizes:
 
 FULL = Sizes(
     ingest_seconds=8,
-    ingest_rounds=2,
+    ingest_rounds=3,
     latency_seconds=10,
     scale_small=100_000,
     scale_large=1_000_000,
