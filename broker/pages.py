@@ -12,7 +12,6 @@ from broker.web import services
 from notefly.domain import Priority
 from notefly.errors import NoteflyError
 from notefly.payloads import validate
-from notefly.services import PublishCommand
 
 blueprint = Blueprint("pages", __name__, template_folder="templates")
 
@@ -37,15 +36,7 @@ async def publish_form() -> tuple[str, int]:
     try:
         body = validate(PublishRequest, fields)
         check_category(body.category)
-        message, _created = await services().publisher.publish(
-            PublishCommand(
-                category=body.category,
-                body=body.body,
-                title=body.title,
-                priority=body.priority,
-                idempotency_key=body.idempotency_key,
-            )
-        )
+        message, _created = await services().publisher.publish(body.command())
     except NoteflyError as exc:
         return await _page(exc.status, error=exc, form=fields, api_key=form.get(FORM_KEY_FIELD))
     accepted = {"category": message.category_id}
