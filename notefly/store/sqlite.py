@@ -92,7 +92,7 @@ class SqliteStore(
         writer_conn: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         clock: Clock,
-        turns: WriteTurns | None = None,
+        turns: WriteTurns,
     ) -> None:
         self._writer_conn = writer_conn
         self._reader = reader
@@ -146,8 +146,7 @@ class SqliteStore(
         finally:
             await self._reader.close()
             await self._writer_conn.close()
-            if self._turns is not None:
-                self._turns.close()
+            self._turns.close()
 
     async def ping(self) -> None:
         await self._one("SELECT 1")

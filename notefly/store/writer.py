@@ -146,17 +146,17 @@ def _run_segment(
     ``turns``: with ``begin`` and ``commit``, the transaction waits for this process's
     turn first, and gives it back once it is over.
     """
-    taken = False
-    if begin and commit and turns is not None:
+    held = turns if begin and commit else None
+    if held is not None:
         deadline = time.monotonic() + lock_timeout
-        taken = turns.take(lock_timeout)
+        if not held.take(lock_timeout):
+            held = None
         lock_timeout = max(deadline - time.monotonic(), 0.0)
     try:
         return _run_transaction(conn, ops, begin, commit, lock_timeout, max_changes)
     finally:
-        if taken:
-            assert turns is not None
-            turns.give_back()
+        if held is not None:
+            held.give_back()
 
 
 def _run_transaction(
