@@ -22,6 +22,8 @@ from notefly.ports import Store
 from tests.integration.conftest import RecordingChannel
 from tests.integration.opsbroker import parse_metrics, sample
 from tests.integration.running import broker_app
+from tests.integration.test_auth_matrix import bearer
+from tests.integration.test_sqlite_store import query
 
 ADMIN_KEY = "fast-publish-admin-key-0123456789-abcdef"
 LIMIT = 4096
@@ -63,15 +65,8 @@ class Keyed:
             self.app.asgi_app = self.fast  # type: ignore[method-assign]
 
     async def messages(self) -> int:
-        conn = sqlite3.connect(self.container.settings().sqlite_path)
-        try:
-            return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
-        finally:
-            conn.close()
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
+        path = self.container.settings().sqlite_path
+        return int(query(path, "SELECT count(*) FROM messages")[0][0])
 
 
 @pytest.fixture
