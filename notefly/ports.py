@@ -137,6 +137,17 @@ class FanoutPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """A range of a split fan-out's audience: the users after ``start`` up to and with
+    ``end`` (None: to the end of the audience). Whichever node claims it plans it,
+    page by page, as it would a whole fan-out (``Store.split_fanout``)."""
+
+    seq: int  # its place in the message's fan-out
+    start: str
+    end: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PageRequest:
     """The first page of a fan-out, planned in the transaction that commits its message:
     a small audience is then delivered without a second write before it goes out."""
@@ -220,10 +231,33 @@ class Store(Protocol):
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
         partitions: int = 1,
+        segment: Segment | None = None,
     ) -> FanoutPage:
         """``partitions``: the shards per channel that will send the page; its rows are
         written grouped by channel and ``partition_of`` their user, so that recording
-        the outcomes of one shard's round rewrites few pages of the store."""
+        the outcomes of one shard's round rewrites few pages of the store.
+
+        ``segment``: the page is of that segment (``after_user`` None: from its start),
+        and moves its cursor; the last page of the last segment to finish finishes the
+        message's fan-out. None: of the message's own, unsplit fan-out."""
+        ...
+
+    async def split_fanout(
+        self, message: Message, after_user: str | None, size: int, owner: str
+    ) -> Segment | None:
+        """Split what is left of ``owner``'s fan-out of ``message`` (the users after
+        ``after_user``, its cursor) into segments of ``size`` users, when more than
+        ``size`` are left. The first segment is ``owner``'s, which goes on with it; the
+        others are for any node to claim (``claim_segments``). None, and nothing
+        changed: too few users left, or the fan-out is no longer ``owner``'s unsplit
+        one at that cursor."""
+        ...
+
+    async def claim_segments(
+        self, node_id: str, limit: int
+    ) -> list[tuple[Message, Segment, str | None]]:
+        """Claim unowned, unfinished segments (with their cursors), oldest message
+        first."""
         ...
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
@@ -242,6 +276,8 @@ class Store(Protocol):
         self, user_id: str, category_id: str, not_before: datetime
     ) -> int: ...
     async def wait_for_work(self, timeout: float) -> None: ...  # noqa: ASYNC109
+    # Fan-outs not done and not split, with their cursors (a split one's work is in
+    # its segments).
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]: ...
     async def queued_tasks(self, after_id: str | None, limit: int) -> list[DeliveryTask]: ...
 

@@ -33,7 +33,7 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Accepted, DeliveryCounts, FanoutPage, PageRequest, SendResult
+from notefly.ports import Accepted, DeliveryCounts, FanoutPage, PageRequest, Segment, SendResult
 from notefly.schedule import Throttle
 
 SEED_CATEGORIES = (
@@ -80,6 +80,15 @@ class _Fanout:
     cursor: str | None = None
     done: bool = False
     owner: str | None = None
+    split: bool = False
+
+
+@dataclass
+class _Segment:
+    segment: Segment
+    cursor: str | None = None
+    done: bool = False
+    owner: str | None = None
 
 
 class FakeStore:
@@ -96,6 +105,7 @@ class FakeStore:
         self.subscriptions: dict[tuple[str, str], Subscription] = {}  # (user, category)
         self.messages: dict[str, Message] = {}
         self.fanouts: dict[str, _Fanout] = {}
+        self.segments: dict[str, list[_Segment]] = {}  # by message id
         self.deliveries: dict[str, Delivery] = {}
         self.inbox: dict[str, tuple[int, Notification]] = {}  # id -> (seq, entry)
         self.outcomes: dict[str, Outcome] = {}  # the latest outcome per delivery id
@@ -247,20 +257,21 @@ class FakeStore:
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
         partitions: int = 1,  # the order of rows on disk: nothing to do here
+        segment: Segment | None = None,
     ) -> FanoutPage:
         # Schedules, quiet hours and throttles are not modelled here: every subscription
         # is immediate (they are tested against the real store).
         self._maybe_fail("fanout_page")
         enabled = set(channels)
+        if segment is not None and after_user is None:
+            after_user = segment.start
         after = after_user or ""
-        audience = sorted(
-            (
-                sub
-                for (uid, cat), sub in self.subscriptions.items()
-                if cat == message.category_id and uid > after and uid in self.users  # JOIN users
-            ),
-            key=lambda sub: sub.user_id,
-        )[:limit]
+        end = None if segment is None else segment.end
+        audience = [
+            sub
+            for sub in self._audience(message.category_id, after)
+            if end is None or sub.user_id <= end
+        ][:limit]
         now = self.clock.now()
         tasks: list[DeliveryTask] = []
         skipped = 0
@@ -289,8 +300,58 @@ class FakeStore:
                     tasks.append(DeliveryTask(did, message, channel, recipient))
         done = len(audience) < limit
         cursor = audience[-1].user_id if audience else after_user
-        self.fanouts[message.id] = _Fanout(cursor, done, self.fanouts[message.id].owner)
+        if segment is None:
+            head = self.fanouts[message.id]
+            head.cursor, head.done = cursor, done
+        else:
+            state = self.segments[message.id][segment.seq]
+            state.cursor, state.done = cursor, done
+            if all(s.done for s in self.segments[message.id]):
+                self.fanouts[message.id].done = True
         return FanoutPage(tasks, skipped, cursor, done)
+
+    def _audience(self, category_id: str, after: str) -> list[Subscription]:
+        return sorted(
+            (
+                sub
+                for (uid, cat), sub in self.subscriptions.items()
+                if cat == category_id and uid > after and uid in self.users  # JOIN users
+            ),
+            key=lambda sub: sub.user_id,
+        )
+
+    async def split_fanout(
+        self, message: Message, after_user: str | None, size: int, owner: str
+    ) -> Segment | None:
+        self._maybe_fail("split_fanout")
+        head = self.fanouts[message.id]
+        if head.split or head.done or head.owner != owner or head.cursor != after_user:
+            return None
+        left = [sub.user_id for sub in self._audience(message.category_id, after_user or "")]
+        ends = left[size - 1 : -1 : size]
+        if not ends:
+            return None
+        head.split, head.owner = True, None
+        starts = [after_user or "", *ends]
+        self.segments[message.id] = [
+            _Segment(Segment(seq, start, ends[seq] if seq < len(ends) else None))
+            for seq, start in enumerate(starts)
+        ]
+        self.segments[message.id][0].owner = owner
+        return self.segments[message.id][0].segment
+
+    async def claim_segments(
+        self, node_id: str, limit: int
+    ) -> list[tuple[Message, Segment, str | None]]:
+        free = [
+            (self.messages[mid], s)
+            for mid in sorted(self.segments, key=lambda mid: self.messages[mid].accepted_at)
+            for s in self.segments[mid]
+            if not s.done and s.owner is None
+        ][:limit]
+        for _message, state in free:
+            state.owner = node_id
+        return [(m, s.segment, s.cursor) for m, s in free]
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -343,6 +404,9 @@ class FakeStore:
         for fanout in self.fanouts.values():
             if fanout.owner in nodes and not fanout.done:
                 fanout.owner = None
+        for state in itertools.chain.from_iterable(self.segments.values()):
+            if state.owner in nodes and not state.done:
+                state.owner = None
         for node in nodes:
             self.nodes.pop(node, None)
 
@@ -350,7 +414,9 @@ class FakeStore:
         free = [
             m
             for m in sorted(self.messages.values(), key=lambda m: m.accepted_at)
-            if not self.fanouts[m.id].done and self.fanouts[m.id].owner is None
+            if not self.fanouts[m.id].done
+            and self.fanouts[m.id].owner is None
+            and not self.fanouts[m.id].split
         ][:limit]
         for m in free:
             self.fanouts[m.id].owner = node_id
@@ -379,7 +445,11 @@ class FakeStore:
         await asyncio.sleep(timeout)
 
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]:
-        pending = [m for m in self.messages.values() if not self.fanouts[m.id].done]
+        pending = [
+            m
+            for m in self.messages.values()
+            if not self.fanouts[m.id].done and not self.fanouts[m.id].split
+        ]
         pending.sort(key=lambda m: m.accepted_at)
         return [(m, self.fanouts[m.id].cursor) for m in pending]
 

@@ -36,7 +36,7 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest
+from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.postgres_addresses import PostgresAddressBook, registered_in_page
@@ -301,6 +301,15 @@ class PostgresStore(
                 " WHERE fanout_cursor = $1",
                 user_id,
             )
+            # Segments begin and end at user ids too: the user before covers the same
+            # users now. A cursor never steps back out of its segment.
+            for column, floor in SEGMENT_STEP_BACK:
+                await conn.execute(
+                    f"UPDATE fanout_segments SET {column} = greatest(coalesce("
+                    f"(SELECT max(id) FROM users WHERE id < $1), ''), {floor})"
+                    f" WHERE {column} = $1",
+                    user_id,
+                )
 
         await self._in_transaction(op)
 
@@ -469,6 +478,7 @@ class PostgresStore(
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
         partitions: int = 1,
+        segment: Segment | None = None,
     ) -> FanoutPage:
         """Turn the next page of the audience into deliveries and inbox entries.
 
@@ -485,6 +495,7 @@ class PostgresStore(
             owner=owner,
             throttles=throttles,
             partitions=partitions,
+            segment=segment,
         )
         return await self._in_transaction(plan)
 
@@ -498,19 +509,25 @@ class PostgresStore(
         owner: str | None,
         throttles: Mapping[str, Throttle] | None,
         partitions: int = 1,
+        segment: Segment | None = None,
     ) -> Callable[[asyncpg.Connection], Awaitable[FanoutPage]]:
         enabled = set(channels)
         throttles = throttles or {}
+        if segment is not None:
+            after_user = segment.start if after_user is None else after_user
 
         async def op(conn: asyncpg.Connection) -> FanoutPage:
             rows = await conn.fetch(
                 "SELECT s.user_id, s.channels, u.name, u.email, u.phone, u.push_token,"
                 " u.timezone, s.schedule, u.quiet_hours"
                 " FROM subscriptions s JOIN users u ON u.id = s.user_id"
-                " WHERE s.category_id = $1 AND s.user_id > $2 ORDER BY s.user_id LIMIT $3",
+                " WHERE s.category_id = $1 AND s.user_id > $2"
+                " AND ($4::text IS NULL OR s.user_id <= $4)"
+                " ORDER BY s.user_id LIMIT $3",
                 message.category_id,
                 after_user or "",
                 limit,
+                None if segment is None else segment.end,
             )
             registered = (
                 await registered_in_page(conn, message.category_id, after_user, rows[-1][0])
@@ -543,12 +560,15 @@ class PostgresStore(
                 await _insert_deliveries(conn, message.id, now, deliveries)
             done = len(rows) < limit
             last = rows[-1][0] if rows else after_user
-            await conn.execute(
-                "UPDATE messages SET fanout_cursor = $1, fanout_done = $2 WHERE id = $3",
-                last,
-                done,
-                message.id,
-            )
+            if segment is None:
+                await conn.execute(
+                    "UPDATE messages SET fanout_cursor = $1, fanout_done = $2 WHERE id = $3",
+                    last,
+                    done,
+                    message.id,
+                )
+            else:
+                await _segment_page_done(conn, message.id, segment.seq, last, done)
             if rows:  # the last step: it holds the inbox lock until commit
                 await _insert_inbox(conn, message, [row[0] for row in rows], via)
             return FanoutPage(plan.tasks, plan.skipped, last, done)
@@ -639,10 +659,83 @@ class PostgresStore(
 
         return await self._in_transaction(op)
 
+    async def split_fanout(
+        self, message: Message, after_user: str | None, size: int, owner: str
+    ) -> Segment | None:
+        # Where the segments begin and end is read before the transaction: any rising
+        # ids divide the audience into ranges that miss and repeat no one, however it
+        # changes meanwhile.
+        ends = await self._segment_ends(message.category_id, after_user, size)
+        if not ends:
+            return None
+
+        async def op(conn: asyncpg.Connection) -> Segment | None:
+            status = await conn.execute(
+                "UPDATE messages SET fanout_split = true, fanout_owner = NULL"
+                " WHERE id = $1 AND NOT fanout_split AND NOT fanout_done AND fanout_owner = $2"
+                " AND coalesce(fanout_cursor, '') = $3",
+                message.id,
+                owner,
+                after_user or "",
+            )
+            if _rowcount(status) == 0:
+                return None
+            starts = [after_user or "", *ends]
+            segments = [
+                Segment(seq, start, ends[seq] if seq < len(ends) else None)
+                for seq, start in enumerate(starts)
+            ]
+            await conn.executemany(
+                "INSERT INTO fanout_segments (message_id, seq, start_user, end_user, owner)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [(message.id, s.seq, s.start, s.end, owner if s.seq == 0 else None)
+                 for s in segments],
+            )  # fmt: skip
+            await conn.execute("SELECT pg_notify($1, '')", WORK_CHANNEL)
+            return segments[0]
+
+        return await self._in_transaction(op)
+
+    async def _segment_ends(self, category_id: str, after_user: str | None, size: int) -> list[str]:
+        """Every ``size``-th subscriber after ``after_user``, while more are left after
+        it: where the segments of a split end (the last one runs to the end)."""
+        ends: list[str] = []
+        last = after_user or ""
+        while True:
+            rows = await self._fetch(
+                "SELECT user_id FROM subscriptions WHERE category_id = $1 AND user_id > $2"
+                " ORDER BY user_id LIMIT 2 OFFSET $3",
+                category_id,
+                last,
+                size - 1,
+            )
+            if len(rows) < 2:
+                return ends
+            last = rows[0][0]
+            ends.append(last)
+
+    async def claim_segments(
+        self, node_id: str, limit: int
+    ) -> list[tuple[Message, Segment, str | None]]:
+        rows = await self._fetch(
+            "WITH picked AS (SELECT message_id, seq FROM fanout_segments"
+            " WHERE NOT done AND owner IS NULL ORDER BY message_id, seq LIMIT $2"
+            " FOR UPDATE SKIP LOCKED),"
+            " claimed AS (UPDATE fanout_segments s SET owner = $1 FROM picked"
+            " WHERE s.message_id = picked.message_id AND s.seq = picked.seq RETURNING s.*)"
+            f" SELECT {_MESSAGE_COLUMNS}, c.seq, c.start_user, c.end_user, c.cursor"
+            " FROM claimed c JOIN messages m ON m.id = c.message_id"
+            " ORDER BY m.accepted_at, c.message_id, c.seq",
+            node_id,
+            limit,
+        )
+        return [(_message(row), Segment(row[8], row[9], row[10]), row[11]) for row in rows]
+
     async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]:
         rows = await self._fetch(
             "WITH picked AS (SELECT id FROM messages WHERE NOT fanout_done"
-            " AND fanout_owner IS NULL AND (deliver_at IS NULL OR deliver_at <= $3)"
+            " AND fanout_owner IS NULL AND NOT fanout_split"
+            " AND (deliver_at IS NULL OR deliver_at <= $3)"
             " ORDER BY accepted_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),"
             " claimed AS (UPDATE messages m SET fanout_owner = $1 FROM picked"
             " WHERE m.id = picked.id RETURNING m.*)"
@@ -727,7 +820,7 @@ class PostgresStore(
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]:
         rows = await self._fetch(
             f"SELECT {_MESSAGE_COLUMNS}, m.fanout_cursor FROM messages m"
-            " WHERE NOT m.fanout_done ORDER BY m.accepted_at"
+            " WHERE NOT m.fanout_done AND NOT m.fanout_split ORDER BY m.accepted_at"
         )
         return [(_message(row), row[8]) for row in rows]
 
@@ -827,6 +920,33 @@ async def _insert_inbox(
     )
 
 
+# The columns of a segment that name a user, and what each may not step back below.
+SEGMENT_STEP_BACK = (("cursor", "start_user"), ("start_user", "''"), ("end_user", "''"))
+
+
+async def _segment_page_done(
+    conn: asyncpg.Connection, message_id: str, seq: int, cursor: str | None, done: bool
+) -> None:
+    """Move a segment's cursor; the last segment to finish finishes the fan-out."""
+    if done:
+        # Segments finishing at once in other transactions wait here, one at a time,
+        # so that each sees what the others finished.
+        await conn.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", message_id)
+    await conn.execute(
+        "UPDATE fanout_segments SET cursor = $1, done = $2 WHERE message_id = $3 AND seq = $4",
+        cursor,
+        done,
+        message_id,
+        seq,
+    )
+    if done:
+        await conn.execute(
+            "UPDATE messages SET fanout_done = true WHERE id = $1 AND NOT EXISTS"
+            " (SELECT 1 FROM fanout_segments WHERE message_id = $1 AND NOT done)",
+            message_id,
+        )
+
+
 async def _owners(conn: asyncpg.Connection) -> set[str]:
     """Every node named as the owner of unfinished work, jumping from owner to owner
     along the indexes (a loose index scan), so the cost follows the number of owners."""
@@ -835,6 +955,7 @@ async def _owners(conn: asyncpg.Connection) -> set[str]:
         ("deliveries", "owner", "status = 'queued'"),
         ("digests", "owner", "status = 'queued'"),
         ("messages", "fanout_owner", "NOT fanout_done"),
+        ("fanout_segments", "owner", "NOT done"),
     ):
         last = ""
         while True:
@@ -861,12 +982,16 @@ async def _release(conn: asyncpg.Connection, node_ids: Sequence[str]) -> None:
         " AND fanout_owner = ANY($1::text[])",
         node_ids,
     )
+    segments = await conn.execute(
+        "UPDATE fanout_segments SET owner = NULL WHERE NOT done AND owner = ANY($1::text[])",
+        node_ids,
+    )
     digests = await conn.execute(
         "UPDATE digests SET owner = NULL WHERE status = 'queued' AND owner = ANY($1::text[])",
         node_ids,
     )
     await conn.execute("DELETE FROM nodes WHERE id = ANY($1::text[])", node_ids)
-    if _rowcount(deliveries) or _rowcount(fanouts) or _rowcount(digests):
+    if _rowcount(deliveries) or _rowcount(fanouts) or _rowcount(segments) or _rowcount(digests):
         await conn.execute("SELECT pg_notify($1, '')", WORK_CHANNEL)
 
 

@@ -38,7 +38,7 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest
+from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
 from notefly.schedule import Throttle
 from notefly.store.fanout import Subscriber, plan_page
 from notefly.store.migrations import migrate_sqlite
@@ -275,6 +275,15 @@ class SqliteStore(
                 " WHERE fanout_cursor = ?",
                 (user_id, user_id),
             )
+            # Segments begin and end at user ids too: the user before covers the same
+            # users now. A cursor never steps back out of its segment.
+            for column, floor in SEGMENT_STEP_BACK:
+                await conn.execute(
+                    f"UPDATE fanout_segments SET {column} = max(coalesce("
+                    f"(SELECT max(id) FROM users WHERE id < ?), ''), {floor})"
+                    f" WHERE {column} = ?",
+                    (user_id, user_id),
+                )
 
         await self.writer.run(op)
 
@@ -451,6 +460,7 @@ class SqliteStore(
         owner: str | None = None,
         throttles: Mapping[str, Throttle] | None = None,
         partitions: int = 1,
+        segment: Segment | None = None,
     ) -> FanoutPage:
         """Turn the next page of the audience into deliveries and inbox entries.
 
@@ -474,19 +484,21 @@ class SqliteStore(
             owner=owner,
             throttles=throttles,
             partitions=partitions,
+            segment=segment,
         )
         if throttles:
             return await self.writer.run_sync(full)
+        after, end = _page_range(after_user, segment)
 
         def read(conn: sqlite3.Connection) -> tuple[int, _PlannedPage]:
             conn.execute("BEGIN")  # one snapshot for the version and the page
             try:
                 (version,) = conn.execute("SELECT n FROM audience_version").fetchone()
-                rows, registered = _read_page(conn, message.category_id, after_user, limit)
+                rows, registered = _read_page(conn, message.category_id, after, end, limit)
             finally:
                 conn.execute("COMMIT")
             return version, self._plan_page(
-                message, rows, registered, after_user, limit, enabled, owner, {}, Counter(),
+                message, rows, registered, after, limit, enabled, owner, {}, Counter(),
                 partitions,
             )  # fmt: skip
 
@@ -496,7 +508,7 @@ class SqliteStore(
             (now,) = conn.execute("SELECT n FROM audience_version").fetchone()
             if now != version:
                 return full(conn)  # the audience changed meanwhile: plan it afresh
-            return _write_page(conn, message.id, planned)
+            return _write_page(conn, message.id, planned, segment)
 
         return await self.writer.run_sync(write)
 
@@ -516,19 +528,21 @@ class SqliteStore(
         owner: str | None,
         throttles: Mapping[str, Throttle] | None,
         partitions: int = 1,
+        segment: Segment | None = None,
     ) -> Callable[[sqlite3.Connection], FanoutPage]:
         """The page read, planned and written in the write transaction."""
         enabled = set(channels)
         throttles = throttles or {}
+        after, end = _page_range(after_user, segment)
 
         def op(conn: sqlite3.Connection) -> FanoutPage:
-            rows, registered = _read_page(conn, message.category_id, after_user, limit)
+            rows, registered = _read_page(conn, message.category_id, after, end, limit)
             recent = _recent_counts(conn, rows, throttles, self._clock.now())
             planned = self._plan_page(
-                message, rows, registered, after_user, limit, enabled, owner, throttles, recent,
+                message, rows, registered, after, limit, enabled, owner, throttles, recent,
                 partitions,
             )  # fmt: skip
-            return _write_page(conn, message.id, planned)
+            return _write_page(conn, message.id, planned, segment)
 
         return op
 
@@ -648,13 +662,66 @@ class SqliteStore(
 
         return await self.writer.run_sync(op)
 
+    async def split_fanout(
+        self, message: Message, after_user: str | None, size: int, owner: str
+    ) -> Segment | None:
+        # Where the segments begin and end is read outside the write lock: any rising
+        # ids divide the audience into ranges that miss and repeat no one, however it
+        # changes meanwhile.
+        def read(conn: sqlite3.Connection) -> list[str]:
+            return _segment_ends(conn, message.category_id, after_user, size)
+
+        ends = await self._read_sync(read)
+        if not ends:
+            return None
+
+        def op(conn: sqlite3.Connection) -> Segment | None:
+            cursor = conn.execute(
+                "UPDATE messages SET fanout_split = 1, fanout_owner = NULL"
+                " WHERE id = ? AND fanout_split = 0 AND fanout_done = 0 AND fanout_owner = ?"
+                " AND coalesce(fanout_cursor, '') = ?",
+                (message.id, owner, after_user or ""),
+            )
+            if cursor.rowcount == 0:
+                return None
+            segments = _segments(after_user, ends)
+            conn.executemany(
+                "INSERT INTO fanout_segments (message_id, seq, start_user, end_user, owner)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(message.id, s.seq, s.start, s.end, owner if s.seq == 0 else None)
+                 for s in segments],
+            )  # fmt: skip
+            return segments[0]
+
+        return await self.writer.run_sync(op)
+
+    async def claim_segments(
+        self, node_id: str, limit: int
+    ) -> list[tuple[Message, Segment, str | None]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[Message, Segment, str | None]]:
+            cursor = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS}, s.seq, s.start_user, s.end_user, s.cursor"
+                " FROM fanout_segments s JOIN messages m ON m.id = s.message_id"
+                " WHERE s.done = 0 AND s.owner IS NULL"
+                " ORDER BY m.accepted_at, s.message_id, s.seq LIMIT ?",
+                (limit,),
+            )
+            rows = list(cursor.fetchall())
+            conn.executemany(
+                "UPDATE fanout_segments SET owner = ? WHERE message_id = ? AND seq = ?",
+                [(node_id, row[0], row[8]) for row in rows],
+            )
+            return [(_message(row), Segment(row[8], row[9], row[10]), row[11]) for row in rows]
+
+        return await self.writer.run_sync(op)
+
     async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]:
         # The writer runs one operation at a time, so select-then-update cannot race
         # with another claim in this process; other processes wait on the write lock.
         def op(conn: sqlite3.Connection) -> list[tuple[Message, str | None]]:
             cursor = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS}, m.fanout_cursor FROM messages m"
-                " WHERE m.fanout_done = 0 AND m.fanout_owner IS NULL"
+                " WHERE m.fanout_done = 0 AND m.fanout_owner IS NULL AND m.fanout_split = 0"
                 " AND (m.deliver_at IS NULL OR m.deliver_at <= ?)"
                 " ORDER BY m.accepted_at LIMIT ?",
                 (self._now(), limit),
@@ -767,7 +834,7 @@ class SqliteStore(
     async def unfinished_fanouts(self) -> list[tuple[Message, str | None]]:
         rows = await self._all(
             f"SELECT {_MESSAGE_COLUMNS}, m.fanout_cursor FROM messages m"
-            " WHERE m.fanout_done = 0 ORDER BY m.accepted_at"
+            " WHERE m.fanout_done = 0 AND m.fanout_split = 0 ORDER BY m.accepted_at"
         )
         return [(_message(row), row[8]) for row in rows]
 
@@ -900,6 +967,38 @@ def _digest_task(
     return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
 
 
+# The columns of a segment that name a user, and what each may not step back below.
+SEGMENT_STEP_BACK = (("cursor", "start_user"), ("start_user", "''"), ("end_user", "''"))
+
+
+def _segment_ends(
+    conn: sqlite3.Connection, category_id: str, after_user: str | None, size: int
+) -> list[str]:
+    """Every ``size``-th subscriber after ``after_user``, while more are left after it:
+    where the segments of a split end (the last one runs to the end)."""
+    ends: list[str] = []
+    last = after_user or ""
+    while True:
+        # The size-th user after the last end, and whether anyone comes after it.
+        rows = conn.execute(
+            "SELECT user_id FROM subscriptions WHERE category_id = ? AND user_id > ?"
+            " ORDER BY user_id LIMIT 2 OFFSET ?",
+            (category_id, last, size - 1),
+        ).fetchall()
+        if len(rows) < 2:
+            return ends
+        last = rows[0][0]
+        ends.append(last)
+
+
+def _segments(after_user: str | None, ends: Sequence[str]) -> list[Segment]:
+    starts = [after_user or "", *ends]
+    return [
+        Segment(seq, start, ends[seq] if seq < len(ends) else None)
+        for seq, start in enumerate(starts)
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class _PlannedPage:
     """A fan-out page as rows to write, and what it comes to once they are."""
@@ -909,24 +1008,41 @@ class _PlannedPage:
     page: FanoutPage
 
 
+def _page_range(after_user: str | None, segment: Segment | None) -> tuple[str | None, str | None]:
+    """Where a page starts (after which user) and ends (with which, None: anywhere)."""
+    if segment is None:
+        return after_user, None
+    return (segment.start if after_user is None else after_user), segment.end
+
+
 def _read_page(
-    conn: sqlite3.Connection, category_id: str, after_user: str | None, limit: int
+    conn: sqlite3.Connection,
+    category_id: str,
+    after_user: str | None,
+    end_user: str | None,
+    limit: int,
 ) -> tuple[list[Any], dict[str, dict[EndpointKind, int]]]:
-    """The next ``limit`` subscribers after ``after_user``, with their users, and the
-    endpoints they registered."""
+    """The next ``limit`` subscribers after ``after_user`` (up to ``end_user``), with
+    their users, and the endpoints they registered."""
+    bounded = "" if end_user is None else " AND s.user_id <= ?"
+    params: tuple[Any, ...] = (category_id, after_user or "")
+    if end_user is not None:
+        params += (end_user,)
     cursor = conn.execute(
         "SELECT s.user_id, s.channels, u.name, u.email, u.phone, u.push_token,"
         " u.timezone, s.schedule, u.quiet_hours"
         " FROM subscriptions s JOIN users u ON u.id = s.user_id"
-        " WHERE s.category_id = ? AND s.user_id > ? ORDER BY s.user_id LIMIT ?",
-        (category_id, after_user or "", limit),
+        f" WHERE s.category_id = ? AND s.user_id > ?{bounded} ORDER BY s.user_id LIMIT ?",
+        (*params, limit),
     )
     rows = list(cursor.fetchall())
     registered = registered_in_page(conn, category_id, after_user, rows[-1][0]) if rows else {}
     return rows, registered
 
 
-def _write_page(conn: sqlite3.Connection, message_id: str, planned: _PlannedPage) -> FanoutPage:
+def _write_page(
+    conn: sqlite3.Connection, message_id: str, planned: _PlannedPage, segment: Segment | None
+) -> FanoutPage:
     write_rows(
         conn,
         "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
@@ -940,10 +1056,22 @@ def _write_page(conn: sqlite3.Connection, message_id: str, planned: _PlannedPage
         planned.inbox,
     )
     page = planned.page
+    if segment is None:
+        conn.execute(
+            "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
+            (page.cursor, int(page.done), message_id),
+        )
+        return page
     conn.execute(
-        "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
-        (page.cursor, int(page.done), message_id),
+        "UPDATE fanout_segments SET cursor = ?, done = ? WHERE message_id = ? AND seq = ?",
+        (page.cursor, int(page.done), message_id, segment.seq),
     )
+    if page.done:  # the last segment to finish finishes the message's fan-out
+        conn.execute(
+            "UPDATE messages SET fanout_done = 1 WHERE id = ? AND NOT EXISTS"
+            " (SELECT 1 FROM fanout_segments WHERE message_id = ? AND done = 0)",
+            (message_id, message_id),
+        )
     return page
 
 
@@ -994,6 +1122,7 @@ def _owners(conn: sqlite3.Connection) -> set[str]:
         ("deliveries", "owner", "status = 'queued'"),
         ("digests", "owner", "status = 'queued'"),
         ("messages", "fanout_owner", "fanout_done = 0"),
+        ("fanout_segments", "owner", "done = 0"),
     ):
         last = ""
         while True:
@@ -1020,6 +1149,10 @@ def _release(conn: sqlite3.Connection, node_ids: Sequence[str]) -> None:
     conn.execute(
         f"UPDATE messages SET fanout_owner = NULL WHERE fanout_done = 0"
         f" AND fanout_owner IN ({marks})",
+        node_ids,
+    )
+    conn.execute(
+        f"UPDATE fanout_segments SET owner = NULL WHERE done = 0 AND owner IN ({marks})",
         node_ids,
     )
     conn.execute(

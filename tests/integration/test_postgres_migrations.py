@@ -100,6 +100,7 @@ async def test_a_fresh_database_gets_every_migration(url: str) -> None:
         "endpoints",
         "digests",
         "api_keys",
+        "fanout_segments",
     }
     assert await query(url, "SELECT id FROM categories ORDER BY id") == [
         ("finance",),
