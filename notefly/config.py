@@ -51,6 +51,9 @@ class Settings:
     # exceeds it is folded into a digest
     throttles: Mapping[str, Throttle] = field(default_factory=dict)
     fanout_page_size: int = 500
+    # A fan-out with more users than this left is split into segments of this many,
+    # which any node (or worker) may claim: one broadcast then keeps them all busy.
+    fanout_segment_users: int = 2500
     round_size: int = 256  # deliveries one shard hands to the event loop at once
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
@@ -167,6 +170,7 @@ _INTS = {
     "client_port",
     "shards_per_channel",
     "fanout_page_size",
+    "fanout_segment_users",
     "round_size",
     "max_attempts",
     "max_body_bytes",

@@ -75,6 +75,7 @@ async def run_actors(
         node_id=settings.node,
         shards_per_channel=settings.shards_per_channel,
         page_size=settings.fanout_page_size,
+        segment_users=settings.fanout_segment_users,
         max_pending=settings.max_pending,
         max_fanouts=settings.max_fanouts,
         throttles=settings.throttles,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from notefly.domain import DeliveryTask, Message
+from notefly.ports import Segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +15,14 @@ class Fanout:
     message: Message
     cursor: str | None = None  # resume after this user id (recovery, or after a first page)
     handed: int = 0  # deliveries of the message handed on before this fan-out began
+    segment: Segment | None = None  # the range of the audience it covers; None: all
+    may_split: bool = True  # whether to try splitting before the next page
+
+
+@dataclass(frozen=True, slots=True)
+class SplitDone:
+    fanout: Fanout
+    result: concurrent.futures.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +32,7 @@ class Wake:
 
 @dataclass(frozen=True, slots=True)
 class PageDone:
-    message: Message
-    cursor: str | None
+    fanout: Fanout
     result: concurrent.futures.Future[Any]
 
 

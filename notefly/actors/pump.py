@@ -45,13 +45,22 @@ class WorkPump:
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
         self._released = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken = asyncio.Event()
 
     async def start(self) -> None:
         node = self._system.node_id
         # A node restarting under the same id takes back what its previous life held.
         await self._store.release(node)
         await self._store.heartbeat(node)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="work-pump")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="work-pump")
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll (from any thread)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
+                self._loop.call_soon_threadsafe(self._woken.set)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -80,7 +89,22 @@ class WorkPump:
                 log.error("pump.error", node=self._system.node_id, error=repr(exc))
                 busy = False
             if not busy:
-                await self._store.wait_for_work(self._settings.poll_seconds)
+                await self._wait()
+
+    async def _wait(self) -> None:
+        """Until the store has news, the poll time passed, or the node woke the pump."""
+        if self._woken.is_set():
+            self._woken.clear()
+            return
+        woken = asyncio.ensure_future(self._woken.wait())
+        waiting = asyncio.ensure_future(self._store.wait_for_work(self._settings.poll_seconds))
+        try:
+            await asyncio.wait((woken, waiting), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (woken, waiting):
+                task.cancel()
+            await asyncio.gather(woken, waiting, return_exceptions=True)
+        self._woken.clear()
 
     async def _beat(self) -> None:
         node = self._system.node_id
@@ -97,6 +121,10 @@ class WorkPump:
         fanouts = await self._store.claim_fanouts(node, self._settings.fanout_batch)
         for message, cursor in fanouts:
             system.fanout(message, cursor)
+        wanted = system.segments_wanted()
+        segments = await self._store.claim_segments(node, wanted) if wanted else []
+        for message, segment, cursor in segments:
+            system.fanout(message, cursor, segment=segment)
         room = min(self._settings.claim_batch, system.max_pending - system.pending())
         singles = await self._store.claim_deliveries(node, room) if room > 0 else []
         digest_room = min(room - len(singles), DIGEST_BATCH)
@@ -104,11 +132,12 @@ class WorkPump:
         tasks = singles + digests
         if tasks:
             system.dispatch(tasks)
-        if fanouts or tasks:
+        if fanouts or segments or tasks:
             log.info(
                 "work.claimed",
                 node=node,
                 fanouts=len(fanouts),
+                segments=len(segments),
                 deliveries=len(tasks),
                 digests=len(digests),
             )

@@ -35,6 +35,7 @@ from notefly.ports import (
     Observer,
     PageRequest,
     Renderer,
+    Segment,
     Store,
 )
 from notefly.schedule import Throttle
@@ -45,6 +46,12 @@ ShardKey = tuple[str, int]  # (channel, shard index)
 # Users in the page planned with a message's commit: enough for most audiences of a
 # direct notification, small enough that accepting a broadcast stays quick.
 FIRST_PAGE_USERS = 64
+# A fan-out with more users than this left is split into segments of this many, which
+# any node claims (five pages of the default size: claims stay rare).
+DEFAULT_SEGMENT_USERS = 2500
+# A node claims segments of other fan-outs while it runs fewer fan-outs than this: a
+# node busy with its own leaves them to idle ones.
+SEGMENTS_WHEN_BELOW = 2
 
 
 class ActorSystem:
@@ -62,6 +69,7 @@ class ActorSystem:
         first_page_size: int = FIRST_PAGE_USERS,
         max_pending: int = 50_000,
         max_fanouts: int = 10_000,
+        segment_users: int | None = DEFAULT_SEGMENT_USERS,
         shard_settings: ShardSettings | None = None,
         pump_settings: PumpSettings | None = None,
         observer: Observer | None = None,
@@ -80,6 +88,7 @@ class ActorSystem:
         self._monotonic = monotonic
         self._shards_per_channel = shards_per_channel
         self._page_size = page_size
+        self._segment_users = segment_users
         self._shard_settings = shard_settings or ShardSettings()
         self._pump_settings = pump_settings or PumpSettings()
         self._observer = observer or NullObserver()
@@ -175,10 +184,25 @@ class ActorSystem:
             deliveries=len(first.tasks),
         )
 
-    def fanout(self, message: Message, cursor: str | None, *, handed: int = 0) -> None:
+    def fanout(
+        self,
+        message: Message,
+        cursor: str | None,
+        *,
+        handed: int = 0,
+        segment: Segment | None = None,
+    ) -> None:
         with self._lock:
             self._fanouts_by_category[message.category_id] += 1
-        self._category(message.category_id).tell(Fanout(message, cursor, handed))
+        self._category(message.category_id).tell(Fanout(message, cursor, handed, segment))
+
+    def segments_wanted(self) -> int:
+        """How many segments of split fan-outs this node would claim now."""
+        if not self.has_room():
+            return 0
+        with self._lock:
+            running = self._fanouts_by_category.total()
+        return max(0, SEGMENTS_WHEN_BELOW - running)
 
     def overloaded(self) -> bool:
         """Full of deliveries and with a backlog of fan-outs waiting for room: new
@@ -193,6 +217,8 @@ class ActorSystem:
             self._fanouts_by_category[category_id] -= 1
             if self._fanouts_by_category[category_id] <= 0:
                 del self._fanouts_by_category[category_id]
+        if self._pump is not None:  # there may be segments for this node to take on
+            self._pump.wake()
 
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:
         """Hand deliveries to the shards that host their users' entities."""
@@ -295,5 +321,6 @@ class ActorSystem:
                     retry_seconds=self._shard_settings.retry_base_seconds,
                     throttles=self._throttles,
                     partitions=self._shards_per_channel,
+                    segment_users=self._segment_users,
                 )
             return ref

@@ -62,7 +62,10 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         run_sync(lambda: server.drop(name))
 
 
-def test_a_killed_node_loses_no_accepted_message(tmp_path: Path, store_env: dict[str, str]):
+def processes(
+    tmp_path: Path, nodes: int, node_env: dict[str, str], store_env: dict[str, str]
+) -> tuple[NoteflyProcess, list[NoteflyProcess]]:
+    """A client and ``nodes`` broker nodes on one store, started."""
     data = tmp_path / "data"
     cport = free_port()
     client_proc = NoteflyProcess(
@@ -72,21 +75,26 @@ def test_a_killed_node_loses_no_accepted_message(tmp_path: Path, store_env: dict
         {"client": f"http://127.0.0.1:{cport}"},
         env=dict(store_env),
     )
-    nodes = []
-    for i in range(NODES):
+    brokers = []
+    for i in range(nodes):
         port = free_port()
-        nodes.append(
+        brokers.append(
             NoteflyProcess(
                 ["broker", "--port", str(port)],
                 data,
                 tmp_path / f"node{i}.log",
                 {"broker": f"http://127.0.0.1:{port}"},
-                env={**NODE_ENV, **store_env},
+                env={**node_env, **store_env},
             )
         )
     client_proc.start()
-    for node in nodes:
+    for node in brokers:
         node.start()
+    return client_proc, brokers
+
+
+def test_a_killed_node_loses_no_accepted_message(tmp_path: Path, store_env: dict[str, str]):
+    client_proc, nodes = processes(tmp_path, NODES, NODE_ENV, store_env)
     try:
         with httpx.Client(base_url=client_proc.urls["client"], timeout=10) as client:
 
@@ -135,3 +143,48 @@ def test_a_killed_node_loses_no_accepted_message(tmp_path: Path, store_env: dict
     survivors_log = "".join(n.log_path.read_text() for n in nodes[1:])
     assert "nodes.dead" in survivors_log, "a survivor declared the killed node dead"
     print(f"takeover and completion after the kill: {took_over_in:.1f}s, repeats: {repeated}")
+
+
+def fanout_parts(log: Path) -> list[int | None]:
+    """The segments a node finished fanning out (None: a whole, unsplit fan-out)."""
+    parts = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == "fanout.done":
+                parts.append(event.get("segment"))
+    return parts
+
+
+def test_one_broadcast_is_fanned_out_by_every_node(tmp_path: Path, store_env: dict[str, str]):
+    users = 300
+    # Pages of two users and segments of ten: the broadcast is two dozen segments,
+    # planned slowly enough (over a hundred page transactions) that the other node
+    # comes to claim some.
+    env = {**NODE_ENV, "NOTEFLY_FANOUT_PAGE_SIZE": "2", "NOTEFLY_FANOUT_SEGMENT_USERS": "10"}
+    client_proc, nodes = processes(tmp_path, 2, env, store_env)
+    try:
+        with httpx.Client(base_url=client_proc.urls["client"], timeout=10) as client:
+
+            def make_user(i: int) -> None:
+                user = register(client, f"user{i:03d}", phone=f"+1415557{i:04d}")
+                subscribe(client, user, "finance", ["sms"])
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(make_user, range(users)))
+        with httpx.Client(base_url=nodes[0].urls["broker"], timeout=10) as broker:
+            message_id = publish(broker, "finance", "Markets closed early")
+            status = wait_delivered(broker, message_id, within=120)
+        assert status["deliveries"]["sent"] == users, status
+    finally:
+        for node in nodes:
+            assert node.stop() == 0
+        assert client_proc.stop() == 0
+
+    counts = sum((recorded(n.log_path) for n in nodes), Counter())
+    assert len(counts) == users and set(counts.values()) == {1}, "each user once"
+    accepting, other = (sorted(p for p in fanout_parts(n.log_path) if p is not None) for n in nodes)
+    # The first 64 users go with the message's commit; the other 236 make 24 segments.
+    assert sorted(accepting + other) == list(range(24)), "every segment once"
+    assert other, "the node that did not accept the broadcast planned segments of it"
+    print(f"segments planned by the accepting node: {len(accepting)}, by the other: {len(other)}")

@@ -21,6 +21,7 @@ import pykka
 import pytest
 
 from notefly.actors import ActorSystem
+from notefly.actors.pump import PumpSettings
 from notefly.actors.shard import ShardSettings
 from notefly.domain import DeliveryStatus, Message, Outcome, Subscription, User, delivery_id
 from notefly.errors import PermanentChannelError, TransientChannelError
@@ -130,12 +131,19 @@ async def start_broker(
         first_page_size: int = 1,  # the rest of an audience goes through the pages
         max_pending: int = 50_000,
         settings: ShardSettings = SETTINGS,
+        node_id: str = "local",
+        segment_users: int | None = None,  # no splitting unless asked
+        own_channels: dict[str, FakeChannel] | None = None,  # instead of the shared ones
     ) -> Broker:
+        sending = channels if own_channels is None else own_channels
         system = ActorSystem(
             store=store,
             renderer=renderer or TemplateRenderer(build_environment()),
-            channels=channels,
+            channels=sending,
             clock=clock,
+            node_id=node_id,
+            segment_users=segment_users,
+            pump_settings=PumpSettings(poll_seconds=0.02),
             monotonic=time.monotonic,
             shards_per_channel=2,
             page_size=page_size,
@@ -145,7 +153,7 @@ async def start_broker(
         )
         systems.append(system)
         await system.start()
-        return Broker(system, store, channels, Publisher(store, system, FakeIds(), clock))
+        return Broker(system, store, sending, Publisher(store, system, FakeIds(), clock))
 
     yield start
     for system in systems:
@@ -411,6 +419,50 @@ async def test_each_user_gets_their_messages_in_publish_order(
     for phone in phones.values():
         texts = [r.text for r in broker.channels["sms"].sent_to(phone)]
         assert texts == [f"[Sports] {body}" for body in bodies]
+
+
+async def test_a_split_fan_out_keeps_each_users_messages_in_publish_order(
+    store: FakeStore, start_broker: StartBroker
+) -> None:
+    phones = {f"u{i:02}": f"+30{i:02}" for i in range(12)}
+    for uid, phone in phones.items():
+        await add_user(store, uid, phone=phone, subscriptions={"sports": ["sms"]})
+    broker = await start_broker(page_size=2, segment_users=3)
+
+    bodies = [f"update {n}" for n in range(1, 5)]
+    for body in bodies:
+        await broker.publish("sports", body)
+    await eventually(broker.settled, "every delivery is final")
+
+    assert all(len(segments) == 4 for segments in store.segments.values())
+    for phone in phones.values():
+        texts = [r.text for r in broker.channels["sms"].sent_to(phone)]
+        assert texts == [f"[Sports] {body}" for body in bodies]
+
+
+async def test_the_segments_of_a_broadcast_are_planned_and_sent_by_every_node(
+    store: FakeStore, start_broker: StartBroker
+) -> None:
+    users = [f"u{i:03}" for i in range(60)]
+    for uid in users:
+        await add_user(store, uid, email=f"{uid}@example.org", subscriptions={"finance": ["email"]})
+    nodes = [
+        await start_broker(
+            node_id=node,
+            page_size=5,
+            segment_users=5,
+            own_channels={name: FakeChannel(name) for name in CHANNELS},
+        )
+        for node in ("n1", "n2")
+    ]
+
+    message = await nodes[0].publish("finance", "Extra edition")
+    await eventually(nodes[0].settled, "every delivery is final")
+
+    per_node = [node.received() for node in nodes]
+    assert per_node[0] + per_node[1] == {(u, "email", message.id): 1 for u in users}
+    assert per_node[1], "the node that did not accept the message took segments too"
+    assert store.fanouts[message.id].done
 
 
 async def test_an_entity_is_passivated_when_its_queue_is_empty(
