@@ -64,9 +64,12 @@ class DeliveryLog:
         return datetime.fromisoformat(str(first)), datetime.fromisoformat(str(last))
 
     def fanout_owners(self) -> dict[str, int]:
-        """How many messages each node took on (the node that accepted it fans it out)."""
+        """How many parts of fan-outs each node took on: a message that was not split
+        (the node that accepted it fans it out), or one segment of a split one."""
         rows = self._conn.execute(
-            "SELECT coalesce(fanout_owner, '-'), count(*) FROM messages GROUP BY 1"
+            "SELECT owner, count(*) FROM ("
+            " SELECT coalesce(fanout_owner, '-') AS owner FROM messages WHERE fanout_split = 0"
+            " UNION ALL SELECT coalesce(owner, '-') FROM fanout_segments) GROUP BY 1"
         )
         return dict(rows)
 

@@ -245,10 +245,15 @@ class PostgresDeliveryLog:
         return row[0], row[1]
 
     async def fanout_owners(self, category: str) -> dict[str, int]:
-        """How many messages of ``category`` each node fanned out."""
+        """How many parts of the fan-outs of ``category`` each node took on: a message
+        that was not split, or one segment of a split one."""
         rows = await self._conn.fetch(
-            "SELECT coalesce(fanout_owner, '-'), count(*) FROM messages"
-            " WHERE category_id = $1 GROUP BY 1",
+            "SELECT owner, count(*) FROM ("
+            " SELECT coalesce(fanout_owner, '-') AS owner FROM messages"
+            " WHERE category_id = $1 AND NOT fanout_split"
+            " UNION ALL SELECT coalesce(s.owner, '-') FROM fanout_segments s"
+            " JOIN messages m ON m.id = s.message_id WHERE m.category_id = $1) AS parts"
+            " GROUP BY 1",
             category,
         )
         return {row[0]: int(row[1]) for row in rows}

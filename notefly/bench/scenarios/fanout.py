@@ -117,8 +117,8 @@ async def run(bench: Bench) -> Result:
                 "CPU time per delivery vs plain loop",
                 mine / theirs,
                 "x",
-                detail=f"{number(mine)} vs {number(theirs)} µs, all Notefly processes; messages"
-                f" fanned out by worker: {sorted(owners.values(), reverse=True)}",
+                detail=f"{number(mine)} vs {number(theirs)} µs, all Notefly processes; fan-out"
+                f" parts by worker: {sorted(owners.values(), reverse=True)}",
             )
         )
     return result

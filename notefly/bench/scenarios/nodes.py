@@ -179,7 +179,7 @@ def rows(runs: Sequence[NodesRun], subscribers: int, shared: str) -> list[Row]:
         if cpu and sent:
             notes.append(f"node CPU {number(cpu / sent * 1e6)} µs per delivery")
         if run.nodes > 1:
-            notes.append(f"fanned out by node: {share(run.fanned_out_by_node)}")
+            notes.append(f"fan-out parts by node: {share(run.fanned_out_by_node)}")
         out.append(Row(SCENARIO, measure, run.rate, "deliveries/s", detail="; ".join(notes)))
     base = runs[0].rate if runs and runs[0].nodes == 1 else None
     for run in runs[1:]:
