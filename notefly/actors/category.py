@@ -27,7 +27,7 @@ class CategoryActor(pykka.ThreadingActor):
         bridge: LoopBridge,
         dispatch: Callable[[Sequence[DeliveryTask]], None],
         has_room: Callable[[], bool],
-        on_done: Callable[[], None] = lambda: None,
+        on_done: Callable[[bool], None] = lambda segment: None,  # segment: of a split one
         channels: Sequence[str],
         page_size: int,
         owner: str,
@@ -167,7 +167,7 @@ class CategoryActor(pykka.ThreadingActor):
             segment=None if fanout.segment is None else fanout.segment.seq,
             deliveries=self.active.pop(key, 0),
         )
-        self._on_done()
+        self._on_done(fanout.segment is not None)
 
 
 def _key(fanout: Fanout) -> tuple[str, int | None]:

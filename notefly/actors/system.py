@@ -212,12 +212,14 @@ class ActorSystem:
         with self._lock:
             return self._fanouts_by_category.total() >= self.max_fanouts
 
-    def _fanout_done(self, category_id: str) -> None:
+    def _fanout_done(self, category_id: str, segment: bool) -> None:
         with self._lock:
             self._fanouts_by_category[category_id] -= 1
             if self._fanouts_by_category[category_id] <= 0:
                 del self._fanouts_by_category[category_id]
-        if self._pump is not None:  # there may be segments for this node to take on
+        # A segment done: others of its broadcast may be waiting, so claim now rather
+        # than at the next poll (not after every fan-out: each look costs transactions).
+        if segment and self._pump is not None and self.segments_wanted():
             self._pump.wake()
 
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:
@@ -314,7 +316,7 @@ class ActorSystem:
                     bridge=self._bridge,
                     dispatch=self.dispatch,
                     has_room=self.has_room,
-                    on_done=lambda: self._fanout_done(category_id),
+                    on_done=lambda segment: self._fanout_done(category_id, segment),
                     channels=list(self._channels),
                     page_size=self._page_size,
                     owner=self.node_id,

@@ -134,6 +134,7 @@ async def start_broker(
         node_id: str = "local",
         segment_users: int | None = None,  # no splitting unless asked
         own_channels: dict[str, FakeChannel] | None = None,  # instead of the shared ones
+        poll_seconds: float = 0.02,
     ) -> Broker:
         sending = channels if own_channels is None else own_channels
         system = ActorSystem(
@@ -143,7 +144,7 @@ async def start_broker(
             clock=clock,
             node_id=node_id,
             segment_users=segment_users,
-            pump_settings=PumpSettings(poll_seconds=0.02),
+            pump_settings=PumpSettings(poll_seconds=poll_seconds),
             monotonic=time.monotonic,
             shards_per_channel=2,
             page_size=page_size,
@@ -438,6 +439,21 @@ async def test_a_split_fan_out_keeps_each_users_messages_in_publish_order(
     for phone in phones.values():
         texts = [r.text for r in broker.channels["sms"].sent_to(phone)]
         assert texts == [f"[Sports] {body}" for body in bodies]
+
+
+async def test_a_finished_segment_claims_the_next_without_waiting_for_the_poll(
+    store: FakeStore, start_broker: StartBroker
+) -> None:
+    for i in range(12):
+        await add_user(store, f"u{i:02}", phone=f"+30{i:02}", subscriptions={"sports": ["sms"]})
+    # The pump would look for work again in a minute: only the wake-ups claim here.
+    broker = await start_broker(page_size=2, segment_users=3, poll_seconds=60)
+
+    message = await broker.publish("sports", "Kick-off moved")
+    await eventually(broker.settled, "every delivery is final")
+
+    assert [s.owner for s in store.segments[message.id]] == ["local"] * 4
+    assert len(broker.received()) == 12
 
 
 async def test_the_segments_of_a_broadcast_are_planned_and_sent_by_every_node(
