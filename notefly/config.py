@@ -165,6 +165,8 @@ def _throttles(env: Mapping[str, str], channels: tuple[str, ...]) -> dict[str, T
 
 _INTS = {
     "database_pool_size",
+    "workers",
+    "max_pending",
     "max_fanouts",
     "broker_port",
     "client_port",
