@@ -158,10 +158,16 @@ def fanout_parts(log: Path) -> list[int | None]:
 
 def test_one_broadcast_is_fanned_out_by_every_node(tmp_path: Path, store_env: dict[str, str]):
     users = 300
-    # Pages of two users and segments of ten: the broadcast is two dozen segments,
-    # planned slowly enough (over a hundred page transactions) that the other node
-    # comes to claim some.
-    env = {**NODE_ENV, "NOTEFLY_FANOUT_PAGE_SIZE": "2", "NOTEFLY_FANOUT_SEGMENT_USERS": "10"}
+    # Pages of two users and segments of ten: the broadcast is two dozen segments. A node
+    # holding two deliveries has no room for more: it plans its next page (or claims a
+    # segment) only once the shards sent what it holds, so that one node cannot plan the
+    # whole broadcast before the other's first poll.
+    env = {
+        **NODE_ENV,
+        "NOTEFLY_FANOUT_PAGE_SIZE": "2",
+        "NOTEFLY_FANOUT_SEGMENT_USERS": "10",
+        "NOTEFLY_MAX_PENDING": "2",
+    }
     client_proc, nodes = processes(tmp_path, 2, env, store_env)
     try:
         with httpx.Client(base_url=client_proc.urls["client"], timeout=10) as client:
