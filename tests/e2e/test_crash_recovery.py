@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,6 +19,23 @@ MESSAGES = 20
 CHANNELS = ["sms", "email", "push"]
 
 
+def register_users(client: httpx.Client) -> None:
+    """USERS users, each subscribed to finance on every channel."""
+
+    def make_user(i: int) -> None:
+        user = register(
+            client,
+            f"user{i:03d}",
+            email=f"u{i}@example.org",
+            phone=f"+1415555{i:04d}",
+            push_token=f"token-{i}",
+        )
+        subscribe(client, user, "finance", CHANNELS)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(make_user, range(USERS)))
+
+
 def test_messages_accepted_before_sigkill_are_all_delivered_after_restart(
     notefly_up: NoteflyProcess,
 ):
@@ -29,19 +47,7 @@ def test_messages_accepted_before_sigkill_are_all_delivered_after_restart(
         httpx.Client(base_url=notefly_up.urls["client"], timeout=10) as client,
         httpx.Client(base_url=notefly_up.urls["broker"], timeout=10) as broker,
     ):
-
-        def make_user(i: int) -> None:
-            user = register(
-                client,
-                f"user{i:03d}",
-                email=f"u{i}@example.org",
-                phone=f"+1415555{i:04d}",
-                push_token=f"token-{i}",
-            )
-            subscribe(client, user, "finance", CHANNELS)
-
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(make_user, range(USERS)))
+        register_users(client)
         accepted = [publish(broker, "finance", f"tick {n}") for n in range(MESSAGES)]
     notefly_up.kill()
 
@@ -64,3 +70,43 @@ def test_messages_accepted_before_sigkill_are_all_delivered_after_restart(
             assert status["deliveries"]["total"] == USERS * len(CHANNELS), status
     assert notefly_up.stop() == 0
     assert "work.claimed" in notefly_up.log_path.read_text()  # the restart took the work back
+
+
+def test_a_split_broadcast_killed_midway_is_finished_after_restart(notefly_up: NoteflyProcess):
+    # Segments of ten users, pages of two, and room for two deliveries a worker: the
+    # broadcast's 56 users after its first page are planned slowly, in six segments
+    # shared by the workers, and the kill lands while some are unfinished.
+    notefly_up.env = {
+        "NOTEFLY_FANOUT_SEGMENT_USERS": "10",
+        "NOTEFLY_FANOUT_PAGE_SIZE": "2",
+        "NOTEFLY_MAX_PENDING": "2",
+    }
+    notefly_up.start()
+    with (
+        httpx.Client(base_url=notefly_up.urls["client"], timeout=10) as client,
+        httpx.Client(base_url=notefly_up.urls["broker"], timeout=10) as broker,
+    ):
+        register_users(client)
+        message_id = publish(broker, "finance", "Trading halted")
+        db = sqlite3.connect(notefly_up.data_dir / "notefly.db")
+        try:
+            deadline = time.monotonic() + 30
+            # Killed once the broadcast is split and before its segments are all done.
+            while not db.execute("SELECT count(*) FROM fanout_segments").fetchone()[0]:
+                assert time.monotonic() < deadline, "the broadcast was never split"
+                time.sleep(0.02)
+            notefly_up.kill()
+            open_segments = db.execute(
+                "SELECT count(*) FROM fanout_segments WHERE done = 0"
+            ).fetchone()[0]
+        finally:
+            db.close()
+    assert open_segments > 0, "the kill came after the fan-out had finished"
+
+    notefly_up.env = {}
+    notefly_up.start()
+    with httpx.Client(base_url=notefly_up.urls["broker"], timeout=10) as broker:
+        status = wait_delivered(broker, message_id, within=120)
+    assert status["deliveries"]["sent"] == USERS * len(CHANNELS), status
+    assert status["deliveries"]["total"] == USERS * len(CHANNELS), status
+    assert notefly_up.stop() == 0
