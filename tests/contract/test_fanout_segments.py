@@ -194,3 +194,26 @@ async def test_erasing_a_user_at_a_segment_boundary_leaves_no_trace_and_no_gap(
 
 
 T_LONG_AGO = message().accepted_at.replace(year=2000)
+
+
+async def test_the_last_segments_finishing_at_once_finish_the_fanout(
+    store: Store, backend: Backend, clock: FakeClock
+) -> None:
+    await seed_users(store)
+    first_node, second_node = await backend.open(clock), await backend.open(clock)
+    for n in range(5):  # several tries at the race
+        msg = message(f"m{n}")
+        await store.accept_message(msg, owner="n1")
+        page = await store.fanout_page(msg, None, 2, ["email"], owner="n1")
+        first = await store.split_fanout(msg, page.cursor, 4, "n1")
+        assert first is not None
+        await plan_segment(store, msg, first, owner="n1")
+        (_m, middle, _c), (_m2, last, _c2) = await store.claim_segments("n2", 2)
+
+        # Each segment's only page, in two transactions that run side by side.
+        await asyncio.gather(
+            first_node.fanout_page(msg, None, 10, ["email"], owner="n2", segment=middle),
+            second_node.fanout_page(msg, None, 10, ["email"], owner="n2", segment=last),
+        )
+
+        assert (await store.delivery_counts(msg.id)).fanout_done is True
