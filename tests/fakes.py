@@ -35,6 +35,7 @@ from notefly.domain import (
 from notefly.errors import Conflict, NotFound
 from notefly.ports import Accepted, DeliveryCounts, FanoutPage, PageRequest, Segment, SendResult
 from notefly.schedule import Throttle
+from notefly.store.fanout import page_range, segments_of
 
 SEED_CATEGORIES = (
     Category("finance", "Finance", "Markets, rates and money news"),
@@ -263,10 +264,8 @@ class FakeStore:
         # is immediate (they are tested against the real store).
         self._maybe_fail("fanout_page")
         enabled = set(channels)
-        if segment is not None and after_user is None:
-            after_user = segment.start
+        after_user, end = page_range(after_user, segment)
         after = after_user or ""
-        end = None if segment is None else segment.end
         audience = [
             sub
             for sub in self._audience(message.category_id, after)
@@ -332,11 +331,7 @@ class FakeStore:
         if not ends:
             return None
         head.split, head.owner = True, None
-        starts = [after_user or "", *ends]
-        self.segments[message.id] = [
-            _Segment(Segment(seq, start, ends[seq] if seq < len(ends) else None))
-            for seq, start in enumerate(starts)
-        ]
+        self.segments[message.id] = [_Segment(s) for s in segments_of(after_user, ends)]
         self.segments[message.id][0].owner = owner
         return self.segments[message.id][0].segment
 

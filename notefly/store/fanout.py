@@ -26,6 +26,7 @@ from notefly.domain import (
     partition_of,
 )
 from notefly.policy import AT_ONCE, plan_delivery
+from notefly.ports import Segment
 from notefly.schedule import QuietHours, Schedule, Throttle
 
 
@@ -136,3 +137,25 @@ def plan_page(
     part = {s.user.id: partition_of(s.user.id, partitions) for s in subscribers}
     plan.deliveries.sort(key=lambda d: (d.channel, part[d.user_id]))
     return plan
+
+
+# The columns of a stored segment that name a user, and what each may not step back
+# below when that user is erased (see the stores' ``delete_user``).
+SEGMENT_STEP_BACK = (("cursor", "start_user"), ("start_user", "''"), ("end_user", "''"))
+
+
+def segments_of(after_user: str | None, ends: Sequence[str]) -> list[Segment]:
+    """The segments of a fan-out split after ``after_user``, ending at ``ends`` (the
+    last one runs to the end of the audience)."""
+    starts = [after_user or "", *ends]
+    return [
+        Segment(seq, start, ends[seq] if seq < len(ends) else None)
+        for seq, start in enumerate(starts)
+    ]
+
+
+def page_range(after_user: str | None, segment: Segment | None) -> tuple[str | None, str | None]:
+    """Where a page starts (after which user) and ends (with which; None: anywhere)."""
+    if segment is None:
+        return after_user, None
+    return (segment.start if after_user is None else after_user), segment.end

@@ -38,7 +38,13 @@ from notefly.domain import (
 from notefly.errors import Conflict, NotFound
 from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
 from notefly.schedule import Throttle
-from notefly.store.fanout import Subscriber, plan_page
+from notefly.store.fanout import (
+    SEGMENT_STEP_BACK,
+    Subscriber,
+    page_range,
+    plan_page,
+    segments_of,
+)
 from notefly.store.postgres_addresses import PostgresAddressBook, registered_in_page
 from notefly.store.postgres_deadletters import PostgresDeadLetters
 from notefly.store.postgres_digests import (
@@ -513,8 +519,7 @@ class PostgresStore(
     ) -> Callable[[asyncpg.Connection], Awaitable[FanoutPage]]:
         enabled = set(channels)
         throttles = throttles or {}
-        if segment is not None:
-            after_user = segment.start if after_user is None else after_user
+        after_user, end_user = page_range(after_user, segment)
 
         async def op(conn: asyncpg.Connection) -> FanoutPage:
             rows = await conn.fetch(
@@ -527,7 +532,7 @@ class PostgresStore(
                 message.category_id,
                 after_user or "",
                 limit,
-                None if segment is None else segment.end,
+                end_user,
             )
             registered = (
                 await registered_in_page(conn, message.category_id, after_user, rows[-1][0])
@@ -680,11 +685,7 @@ class PostgresStore(
             )
             if _rowcount(status) == 0:
                 return None
-            starts = [after_user or "", *ends]
-            segments = [
-                Segment(seq, start, ends[seq] if seq < len(ends) else None)
-                for seq, start in enumerate(starts)
-            ]
+            segments = segments_of(after_user, ends)
             await conn.executemany(
                 "INSERT INTO fanout_segments (message_id, seq, start_user, end_user, owner)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -918,10 +919,6 @@ async def _insert_inbox(
         user_ids,
         via,
     )
-
-
-# The columns of a segment that name a user, and what each may not step back below.
-SEGMENT_STEP_BACK = (("cursor", "start_user"), ("start_user", "''"), ("end_user", "''"))
 
 
 async def _segment_page_done(

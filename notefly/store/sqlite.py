@@ -40,7 +40,13 @@ from notefly.domain import (
 from notefly.errors import Conflict, NotFound
 from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
 from notefly.schedule import Throttle
-from notefly.store.fanout import Subscriber, plan_page
+from notefly.store.fanout import (
+    SEGMENT_STEP_BACK,
+    Subscriber,
+    page_range,
+    plan_page,
+    segments_of,
+)
 from notefly.store.migrations import migrate_sqlite
 from notefly.store.rows import (
     DELIVERY_COLUMNS,
@@ -488,7 +494,7 @@ class SqliteStore(
         )
         if throttles:
             return await self.writer.run_sync(full)
-        after, end = _page_range(after_user, segment)
+        after, end = page_range(after_user, segment)
 
         def read(conn: sqlite3.Connection) -> tuple[int, _PlannedPage]:
             conn.execute("BEGIN")  # one snapshot for the version and the page
@@ -533,7 +539,7 @@ class SqliteStore(
         """The page read, planned and written in the write transaction."""
         enabled = set(channels)
         throttles = throttles or {}
-        after, end = _page_range(after_user, segment)
+        after, end = page_range(after_user, segment)
 
         def op(conn: sqlite3.Connection) -> FanoutPage:
             rows, registered = _read_page(conn, message.category_id, after, end, limit)
@@ -684,7 +690,7 @@ class SqliteStore(
             )
             if cursor.rowcount == 0:
                 return None
-            segments = _segments(after_user, ends)
+            segments = segments_of(after_user, ends)
             conn.executemany(
                 "INSERT INTO fanout_segments (message_id, seq, start_user, end_user, owner)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -967,10 +973,6 @@ def _digest_task(
     return DeliveryTask(gid, items[0], channel, recipient, attempts=attempts, items=items)
 
 
-# The columns of a segment that name a user, and what each may not step back below.
-SEGMENT_STEP_BACK = (("cursor", "start_user"), ("start_user", "''"), ("end_user", "''"))
-
-
 def _segment_ends(
     conn: sqlite3.Connection, category_id: str, after_user: str | None, size: int
 ) -> list[str]:
@@ -991,14 +993,6 @@ def _segment_ends(
         ends.append(last)
 
 
-def _segments(after_user: str | None, ends: Sequence[str]) -> list[Segment]:
-    starts = [after_user or "", *ends]
-    return [
-        Segment(seq, start, ends[seq] if seq < len(ends) else None)
-        for seq, start in enumerate(starts)
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class _PlannedPage:
     """A fan-out page as rows to write, and what it comes to once they are."""
@@ -1006,13 +1000,6 @@ class _PlannedPage:
     deliveries: list[tuple[Any, ...]]
     inbox: list[tuple[Any, ...]]
     page: FanoutPage
-
-
-def _page_range(after_user: str | None, segment: Segment | None) -> tuple[str | None, str | None]:
-    """Where a page starts (after which user) and ends (with which, None: anywhere)."""
-    if segment is None:
-        return after_user, None
-    return (segment.start if after_user is None else after_user), segment.end
 
 
 def _read_page(
