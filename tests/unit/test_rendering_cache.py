@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from jinja2.exceptions import SecurityError
 
 from notefly.domain import Message, Priority, Recipient, Rendered
 from notefly.errors import ConfigurationError
-from notefly.rendering import CHANNEL_PARTS, TemplateRenderer, build_environment
+from notefly.rendering import CHANNEL_PARTS, TemplateRenderer, _MessageParts, build_environment
 
 RECIPIENTS = [
     Recipient(user_id=f"u_{n}", name=name, address=f"{name.lower()}@example.org")
@@ -284,3 +285,55 @@ def test_a_template_cannot_change_the_message_its_recipients_share(tmp_path: Pat
     with pytest.raises(SecurityError):
         renderer.render("sms", shared, RECIPIENTS[0])
     assert shared.data == {"tags": ["a"]}
+
+
+def test_threads_evicting_each_other_always_get_their_own_message(tmp_path: Path) -> None:
+    # Lookups take no lock: a message evicted between a thread's lookup and its move to
+    # the recent end must still render right, and never raise.
+    renderer, _ = counted(
+        {"sms/default.txt": "{{ tick() }}{{ body }}"}, tmp_path, message_cache_size=2
+    )
+    messages = [message(id=f"m_{n}", category_id="movies", body=f"b{n}") for n in range(6)]
+    wrong: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for n in range(600):
+                msg = messages[(n + offset) % len(messages)]
+                text = renderer.render("sms", msg, RECIPIENTS[n % 2]).text
+                if text != msg.body:
+                    wrong.append((msg.id, text))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not any(thread.is_alive() for thread in threads)
+    assert (errors, wrong) == ([], [])
+    assert len(renderer._messages) <= 2
+
+
+def test_an_entry_evicted_right_after_its_lookup_is_still_served() -> None:
+    # What another thread's put can do between a lookup's two steps, made certain.
+    class EvictedOnLookup(OrderedDict[Any, Any]):
+        def get(self, key: Any, default: Any = None) -> Any:
+            found = super().get(key, default)
+            self.pop(key, None)
+            return found
+
+    cache = _MessageParts(2)
+    msg = message()
+    cache.put(("sms", msg.id), msg, (), {"txt": "kept"})
+    cache._entries = EvictedOnLookup(cache._entries)
+    assert cache.get(("sms", msg.id), msg, ()) == {"txt": "kept"}
+    assert cache.get(("sms", msg.id), msg, ()) is None  # gone now: a miss
+
+
+def test_the_template_cache_is_a_plain_dict() -> None:
+    # Jinja2's LRU cache locks every lookup (an email's render looks up its layout);
+    # a dict needs no lock, and the templates on disk are a bounded set.
+    assert type(build_environment().cache) is dict
