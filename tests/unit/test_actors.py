@@ -462,22 +462,33 @@ async def test_the_segments_of_a_broadcast_are_planned_and_sent_by_every_node(
     users = [f"u{i:03}" for i in range(60)]
     for uid in users:
         await add_user(store, uid, email=f"{uid}@example.org", subscriptions={"finance": ["email"]})
+    # The accepting node's provider stalls and it may hold only two pages, so it is
+    # soon full: what it has not claimed by then is left to the other node. (Without
+    # the stall it could plan every segment before the other node's first poll.)
+    stalled = {name: FakeChannel(name) for name in CHANNELS}
+    stalled["email"].hold()
     nodes = [
         await start_broker(
             node_id=node,
             page_size=5,
             segment_users=5,
-            own_channels={name: FakeChannel(name) for name in CHANNELS},
+            own_channels=channels,
+            max_pending=pending,
         )
-        for node in ("n1", "n2")
+        for node, channels, pending in (
+            ("n1", stalled, 10),
+            ("n2", {name: FakeChannel(name) for name in CHANNELS}, 50_000),
+        )
     ]
 
     message = await nodes[0].publish("finance", "Extra edition")
+    await eventually(lambda: bool(nodes[1].received()), "n2 sending segments of its own")
+    stalled["email"].release()
     await eventually(nodes[0].settled, "every delivery is final")
+    await eventually(nodes[1].settled, "every delivery is final")
 
     per_node = [node.received() for node in nodes]
     assert per_node[0] + per_node[1] == {(u, "email", message.id): 1 for u in users}
-    assert per_node[1], "the node that did not accept the message took segments too"
     assert store.fanouts[message.id].done
 
 
