@@ -82,6 +82,26 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock
 
+# What each claim takes, shared by the look before it (``_finds``) and the claim itself.
+# Each has one parameter, now, but the open segments, which have none.
+_CLAIMABLE_FANOUTS = (
+    "m.fanout_done = 0 AND m.fanout_owner IS NULL AND m.fanout_split = 0"
+    " AND (m.deliver_at IS NULL OR m.deliver_at <= ?)"
+)
+_OPEN_SEGMENTS = "s.done = 0 AND s.owner IS NULL"
+_CLAIMABLE_DELIVERIES = (
+    "FROM deliveries INDEXED BY deliveries_claimable WHERE status = 'queued'"
+    " AND owner IS NULL AND mode = 'immediate' AND (not_before IS NULL OR not_before <= ?)"
+)
+_CLAIMABLE_DIGESTS = (
+    "FROM digests WHERE status = 'queued' AND owner IS NULL"
+    " AND (not_before IS NULL OR not_before <= ?)"
+)
+_DUE_COLLECTED = (
+    "FROM deliveries INDEXED BY deliveries_collected WHERE mode = 'digest'"
+    " AND status = 'queued' AND digest_id IS NULL AND not_before <= ?"
+)
+
 
 class SqliteStore(
     SqliteAddressBook,
@@ -165,6 +185,15 @@ class SqliteStore(
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await read_all(self._reader, sql, params)
+
+    async def _finds(self, sql: str, params: Sequence[Any] = ()) -> bool:
+        """Whether ``sql`` finds a row, read outside the write lock: the look a claim
+        takes before its write transaction. An idle node polls for each kind of work
+        every ``poll_seconds``, and a claim of nothing would still take the write lock
+        (and its turn) from the workers that have work. What appears just after the
+        look is claimed at the next poll, as if it had appeared after the claim."""
+        rows = await self._all(f"SELECT EXISTS ({sql})", params)
+        return bool(rows[0][0])
 
     def _now(self) -> str:
         return self._clock.now().isoformat()
@@ -704,11 +733,14 @@ class SqliteStore(
     async def claim_segments(
         self, node_id: str, limit: int
     ) -> list[tuple[Message, Segment, str | None]]:
+        if not await self._finds(f"SELECT 1 FROM fanout_segments s WHERE {_OPEN_SEGMENTS}"):
+            return []
+
         def op(conn: sqlite3.Connection) -> list[tuple[Message, Segment, str | None]]:
             cursor = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS}, s.seq, s.start_user, s.end_user, s.cursor"
                 " FROM fanout_segments s JOIN messages m ON m.id = s.message_id"
-                " WHERE s.done = 0 AND s.owner IS NULL"
+                f" WHERE {_OPEN_SEGMENTS}"
                 " ORDER BY m.accepted_at, s.message_id, s.seq LIMIT ?",
                 (limit,),
             )
@@ -722,15 +754,17 @@ class SqliteStore(
         return await self.writer.run_sync(op)
 
     async def claim_fanouts(self, node_id: str, limit: int) -> list[tuple[Message, str | None]]:
+        now = self._now()
+        if not await self._finds(f"SELECT 1 FROM messages m WHERE {_CLAIMABLE_FANOUTS}", (now,)):
+            return []
+
         # The writer runs one operation at a time, so select-then-update cannot race
         # with another claim in this process; other processes wait on the write lock.
         def op(conn: sqlite3.Connection) -> list[tuple[Message, str | None]]:
             cursor = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS}, m.fanout_cursor FROM messages m"
-                " WHERE m.fanout_done = 0 AND m.fanout_owner IS NULL AND m.fanout_split = 0"
-                " AND (m.deliver_at IS NULL OR m.deliver_at <= ?)"
-                " ORDER BY m.accepted_at LIMIT ?",
-                (self._now(), limit),
+                f" WHERE {_CLAIMABLE_FANOUTS} ORDER BY m.accepted_at LIMIT ?",
+                (now, limit),
             )
             rows = list(cursor.fetchall())
             conn.executemany(
@@ -743,14 +777,14 @@ class SqliteStore(
 
     async def claim_deliveries(self, node_id: str, limit: int) -> list[DeliveryTask]:
         now = self._now()
+        if not await self._finds(f"SELECT 1 {_CLAIMABLE_DELIVERIES}", (now,)):
+            return []
 
         def op(conn: sqlite3.Connection) -> list[DeliveryTask]:
             # Along the index of what is claimable: a digest slot collects many queued,
             # unowned deliveries that only a digest claim takes.
             cursor = conn.execute(
-                f"{_TASK_QUERY} WHERE d.id IN (SELECT id FROM deliveries"
-                " INDEXED BY deliveries_claimable WHERE status = 'queued' AND owner IS NULL"
-                " AND mode = 'immediate' AND (not_before IS NULL OR not_before <= ?)"
+                f"{_TASK_QUERY} WHERE d.id IN (SELECT id {_CLAIMABLE_DELIVERIES}"
                 " ORDER BY id LIMIT ?) ORDER BY d.id",
                 (now, limit),
             )
@@ -768,12 +802,14 @@ class SqliteStore(
         due item of a user and channel goes into one digest, however many slots passed
         while no node was running."""
         now = self._now()
+        if not await self._finds(
+            f"SELECT 1 {_CLAIMABLE_DIGESTS} UNION ALL SELECT 1 {_DUE_COLLECTED}", (now, now)
+        ):
+            return []
 
         def op(conn: sqlite3.Connection) -> list[DeliveryTask]:
             cursor = conn.execute(
-                "SELECT id FROM digests WHERE status = 'queued' AND owner IS NULL"
-                " AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT ?",
-                (now, limit),
+                f"SELECT id {_CLAIMABLE_DIGESTS} ORDER BY id LIMIT ?", (now, limit)
             )
             ids = [row[0] for row in cursor.fetchall()]
             conn.executemany(
@@ -783,10 +819,7 @@ class SqliteStore(
             # and unclaimed: a GROUP BY over every delivery would walk past all that
             # earlier claims took, batch after batch (quadratic in a big slot).
             cursor = conn.execute(
-                "SELECT DISTINCT user_id, channel FROM deliveries"
-                " INDEXED BY deliveries_collected"
-                " WHERE mode = 'digest' AND status = 'queued' AND digest_id IS NULL"
-                " AND not_before <= ? LIMIT ?",
+                f"SELECT DISTINCT user_id, channel {_DUE_COLLECTED} LIMIT ?",
                 (now, limit - len(ids)),
             )
             for user_id, channel in cursor.fetchall():

@@ -92,6 +92,32 @@ async def test_the_database_is_in_wal_mode(store: SqliteStore, db_path: Path) ->
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
+# claims
+
+
+async def test_claims_of_nothing_take_no_write_transaction(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    # An idle node polls for every kind of work; finding none must not cost the write
+    # lock that the busy workers need.
+    before = store.writer.batches
+    for _ in range(3):
+        assert await store.claim_fanouts("n1", 16) == []
+        assert await store.claim_segments("n1", 2) == []
+        assert await store.claim_deliveries("n1", 1000) == []
+        assert await store.claim_digests("n1", 200) == []
+    assert store.writer.batches == before
+    # A message due later is nothing to claim yet either ...
+    await store.accept_message(message("m1", deliver_at=T0 + timedelta(minutes=5)))
+    accepted = store.writer.batches
+    assert await store.claim_fanouts("n1", 16) == []
+    assert store.writer.batches == accepted
+    # ... until it is due.
+    clock.advance(300)
+    assert [m.id for m, _cursor in await store.claim_fanouts("n1", 16)] == ["m1"]
+    assert store.writer.batches == accepted + 1
+
+
 # group commit
 
 
