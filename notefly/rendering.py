@@ -293,12 +293,13 @@ class _MessageParts:
     """A bounded, least-recently-used map of (channel, message id) to rendered parts.
 
     Shard threads render concurrently. A lookup takes no lock: each of its steps is
-    one operation of the ordered dict, atomic under the GIL, and a key evicted between
-    them is simply a miss. With a lock, every render of a dozen shard threads took it:
-    a thread switched out while holding it made the others block, and rendering cost
-    two to three times its single-thread CPU. Only ``put`` (once per message and
-    channel) holds the lock, so evictions stay consistent. Rendering a missing entry
-    happens outside it, and two threads racing on one simply both render.
+    one operation of the ordered dict, atomic under the GIL, and an entry evicted
+    between them is still served (it was valid when found; the next lookup misses).
+    With a lock, every render of a dozen shard threads took it: a thread switched out
+    while holding it made the others block, and rendering cost two to three times its
+    single-thread CPU. Only ``put`` (once per message and channel) holds the lock, so
+    evictions stay consistent. Rendering a missing entry happens outside it, and two
+    threads racing on one simply both render.
     """
 
     def __init__(self, size: int) -> None:
