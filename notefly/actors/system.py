@@ -47,7 +47,7 @@ ShardKey = tuple[str, int]  # (channel, shard index)
 # direct notification, small enough that accepting a broadcast stays quick.
 FIRST_PAGE_USERS = 64
 # A fan-out with more users than this left is split into segments of this many, which
-# any node claims (five pages of the default size: claims stay rare).
+# any node claims (two pages of the default size: claims stay rare).
 DEFAULT_SEGMENT_USERS = 2500
 # A node claims segments of other fan-outs while it runs fewer fan-outs than this: a
 # node busy with its own leaves them to idle ones.
@@ -65,7 +65,7 @@ class ActorSystem:
         monotonic: Callable[[], float],
         node_id: str = "local",
         shards_per_channel: int = 4,
-        page_size: int = 500,
+        page_size: int = 1500,
         first_page_size: int = FIRST_PAGE_USERS,
         max_pending: int = 50_000,
         max_fanouts: int = 10_000,
