@@ -50,8 +50,9 @@ class Settings:
     # NOTEFLY_THROTTLE_<CHANNEL>=5/1h: at most 5 per hour per user on that channel; what
     # exceeds it is folded into a digest
     throttles: Mapping[str, Throttle] = field(default_factory=dict)
-    # Subscribers a fan-out page resolves: a page is one write of its deliveries, and
-    # fewer, bigger writes leave the write lock free more of the time (see README).
+    # Subscribers a fan-out page resolves. A node plans a fan-out's next page once the
+    # last one has committed, so while pages wait for the write lock the shards run
+    # dry: bigger pages keep them fed (README, Performance).
     fanout_page_size: int = 1500
     # A fan-out with more users than this left is split into segments of this many,
     # which any node (or worker) may claim: one broadcast then keeps them all busy.
