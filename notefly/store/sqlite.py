@@ -677,20 +677,28 @@ class SqliteStore(
         await self.writer.run_sync(lambda conn: _release(conn, [node_id]))
 
     async def release_dead(self, silent_since: datetime) -> list[str]:
-        def op(conn: sqlite3.Connection) -> list[str]:
-            cursor = conn.execute(
-                "SELECT id FROM nodes WHERE heartbeat_at < ?", (silent_since.isoformat(),)
-            )
+        since = silent_since.isoformat()
+
+        def dead_and_orphaned(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            cursor = conn.execute("SELECT id FROM nodes WHERE heartbeat_at < ?", (since,))
             dead = [row[0] for row in cursor.fetchall()]
-            if dead:
-                _release(conn, dead)
             # Work can also name an owner with no heartbeat row at all (declared dead
             # while it still ran, then gone): hand that back too.
             # Owners first, then the living: a node that starts in between is living.
             owners = _owners(conn)
             cursor = conn.execute("SELECT id FROM nodes")
             live = {row[0] for row in cursor.fetchall()}
-            orphaned = sorted(o for o in owners if o not in live)
+            return dead, sorted(o for o in owners if o not in live)
+
+        # Every node asks at every heartbeat, and nearly always no node is dead: look on
+        # the reader first, as the claims do, and take the write lock only if one is.
+        if not any(await self._read_sync(dead_and_orphaned)):
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            dead, orphaned = dead_and_orphaned(conn)  # again, under the lock
+            if dead:
+                _release(conn, dead)
             if orphaned:
                 _release(conn, orphaned)
             return dead + orphaned

@@ -118,6 +118,22 @@ async def test_claims_of_nothing_take_no_write_transaction(
     assert store.writer.batches == accepted + 1
 
 
+async def test_looking_for_dead_nodes_takes_the_write_lock_only_when_one_is(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    await store.heartbeat("n1")
+    await store.accept_message(message("m1"), owner="gone")  # an owner with no heartbeat
+    before = store.writer.batches
+    assert await store.release_dead(clock.now() - timedelta(seconds=30)) == ["gone"]
+    assert store.writer.batches == before + 1
+    # Everyone alive and nothing orphaned: no write transaction.
+    assert await store.release_dead(clock.now() - timedelta(seconds=30)) == []
+    assert store.writer.batches == before + 1
+    clock.advance(60)
+    assert await store.release_dead(clock.now() - timedelta(seconds=30)) == ["n1"]
+    assert store.writer.batches == before + 2
+
+
 # group commit
 
 
