@@ -397,7 +397,7 @@ class SqliteStore(
         ``owner``: the node that fans it out. Returns the stored message and whether it
         was created now.
         """
-        return await self.writer.run_sync(self._accept_op(message, owner))
+        return await self.writer.run_sync(self._accept_op(message, owner), first=True)
 
     async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
         accept = self._accept_op(message, request.owner)
@@ -409,7 +409,8 @@ class SqliteStore(
                 return Accepted(stored, False, None)
             return Accepted(stored, True, _first_page(conn, plan, message.id))
 
-        return await self.writer.run_sync(op)
+        # A publisher waits for this commit: it goes ahead of queued pages and outcomes.
+        return await self.writer.run_sync(op, first=True)
 
     def _accept_op(
         self, message: Message, owner: str | None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -210,7 +211,9 @@ class GroupCommitWriter:
         self._turns = turns
         self._max_batch = max_batch
         self._max_changes = max_changes
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        # (0 for operations that go first, 1 for the rest; then the order they came in)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Queued]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.operations = 0
@@ -232,29 +235,36 @@ class GroupCommitWriter:
         """Run ``op`` inside the next group transaction and return its result after commit."""
         return cast(T, await self._submit(_Queued(self._future(), op=op)))
 
-    async def run_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_sync(self, op: Callable[[sqlite3.Connection], T], *, first: bool = False) -> T:
         """Like ``run``, for an operation that runs on the writer thread itself.
 
         ``op`` must not touch the event loop: it runs on the connection's thread,
-        together with the other synchronous operations of its batch.
+        together with the other synchronous operations of its batch. ``first``: it
+        goes into the next transaction ahead of everything queued without it (a
+        publish, which a caller waits for, ahead of fan-out pages and outcomes).
         """
-        return cast(T, await self._submit(_Queued(self._future(), sync_op=op)))
+        return cast(T, await self._submit(_Queued(self._future(), sync_op=op), first=first))
 
     def _future(self) -> asyncio.Future[Any]:
         if self._task is None:
             raise StoreUnavailable("the store is not open (starting or shutting down)")
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, item: _Queued) -> Any:
-        self._queue.put_nowait(item)
+    async def _submit(self, item: _Queued, *, first: bool = False) -> Any:
+        self._queue.put_nowait((0 if first else 1, next(self._arrivals), item))
         return await item.future
 
     async def _run(self) -> None:
-        left: list[_Queued] = []  # taken from the queue, not run yet: they go first
+        left: list[_Queued] = []  # taken from the queue, not run yet: they go next
         while True:
-            batch = left or [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = left or [(await self._queue.get())[2]]
+            # What is queued joins the batch; operations that go first go ahead of
+            # those a full transaction left over, so they are not left over again.
+            firsts: list[_Queued] = []
+            while len(batch) + len(firsts) < self._max_batch and not self._queue.empty():
+                order, _arrival, item = self._queue.get_nowait()
+                (firsts if order == 0 else batch).append(item)
+            batch = firsts + batch
             left = []
             try:
                 left = await self._commit(batch)

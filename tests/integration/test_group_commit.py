@@ -146,6 +146,39 @@ async def test_heavy_operations_are_spread_over_short_transactions(
     ]
 
 
+async def test_an_operation_marked_first_goes_ahead_of_heavy_ones_queued_before_it(
+    store: SqliteStore,
+) -> None:
+    # A publish waits for its commit; fan-out pages and outcomes queued before it must
+    # not make it wait for their transactions.
+    ran: list[str] = []
+
+    def insert_many(prefix: str) -> Callable[[sqlite3.Connection], None]:
+        def op(conn: sqlite3.Connection) -> None:
+            ran.append(prefix)
+            conn.execute(
+                "INSERT INTO categories (id, name, description, created_at)"
+                " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)"
+                " SELECT ? || i, 'Heavy', '', '' FROM n",
+                (prefix,),
+            )
+
+        return op
+
+    def light(conn: sqlite3.Connection) -> str:
+        ran.append("light")
+        return insert_category("light")(conn)
+
+    batches = store.writer.batches
+    heavy = [store.writer.run_sync(insert_many(f"h{i}-")) for i in range(4)]
+    await asyncio.gather(*heavy, store.writer.run_sync(light, first=True))
+
+    # Two heavy operations fill a transaction (4,000 rows): queued in turn, the light
+    # one would have waited for two transactions; first, it runs in the first.
+    assert ran == ["light", "h0-", "h1-", "h2-", "h3-"]
+    assert store.writer.batches - batches == 2
+
+
 async def test_a_write_waits_for_another_process_lock_and_goes_through_after_it(
     store: SqliteStore, tmp_path: Path
 ) -> None:
