@@ -12,7 +12,7 @@ import inspect
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,12 @@ async def add_user(
     for category, channels in (subscriptions or {}).items():
         await store.upsert_subscription(Subscription(uid, category, tuple(channels)))
     return user
+
+
+async def add_sms_users(store: FakeStore, category: str, phones: Mapping[str, str]) -> None:
+    """Each user of ``phones`` (id: phone number), subscribed to ``category`` by SMS."""
+    for uid, phone in phones.items():
+        await add_user(store, uid, phone=phone, subscriptions={category: ["sms"]})
 
 
 @pytest.fixture
@@ -288,8 +294,7 @@ async def test_transient_errors_are_retried_and_permanent_ones_are_not(
     store: FakeStore, channels: dict[str, FakeChannel], start_broker: StartBroker
 ) -> None:
     phones = {"flaky": "+1001", "down": "+1002", "rejected": "+1003", "healthy": "+1004"}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", phones)
     sms = channels["sms"]
     sms.fail_for(["+1001"], lambda: TransientChannelError("busy"), times=2)
     sms.fail_for(["+1002"], lambda: TransientChannelError("timeout"))
@@ -355,8 +360,7 @@ async def test_a_template_that_fails_for_one_user_fails_only_that_delivery(
     (tmp_path / "sms").mkdir()
     (tmp_path / "sms" / "movies.txt").write_text(POISON_TEMPLATE)
     users = {"mallory": "+2000", "ann": "+2001", "ben": "+2002", "cid": "+2003", "dan": "+2004"}
-    for uid, phone in users.items():
-        await add_user(store, uid, phone=phone, subscriptions={"movies": ["sms"]})
+    await add_sms_users(store, "movies", users)
     broker = await start_broker(renderer=TemplateRenderer(build_environment([tmp_path])))
     neighbours = same_shard_users(broker, "mallory", users)
     assert len(neighbours) > 1, "the test needs a user on mallory's shard"
@@ -383,8 +387,7 @@ async def test_a_channel_crashing_for_one_recipient_fails_only_that_delivery(
     store: FakeStore, channels: dict[str, FakeChannel], start_broker: StartBroker
 ) -> None:
     users = {"mallory": "+2000", "ann": "+2001", "ben": "+2002", "cid": "+2003", "dan": "+2004"}
-    for uid, phone in users.items():
-        await add_user(store, uid, phone=phone, subscriptions={"movies": ["sms"]})
+    await add_sms_users(store, "movies", users)
     channels["sms"].fail_for(["+2000"], lambda: RuntimeError("provider bug"))
     broker = await start_broker()
     neighbours = same_shard_users(broker, "mallory", users)
@@ -408,8 +411,7 @@ async def test_each_user_gets_their_messages_in_publish_order(
     store: FakeStore, start_broker: StartBroker
 ) -> None:
     phones = {"ann": "+3001", "ben": "+3002", "cid": "+3003"}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"sports": ["sms"]})
+    await add_sms_users(store, "sports", phones)
     broker = await start_broker(page_size=2)
 
     bodies = [f"update {n}" for n in range(1, 6)]
@@ -426,8 +428,7 @@ async def test_a_split_fan_out_keeps_each_users_messages_in_publish_order(
     store: FakeStore, start_broker: StartBroker
 ) -> None:
     phones = {f"u{i:02}": f"+30{i:02}" for i in range(12)}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"sports": ["sms"]})
+    await add_sms_users(store, "sports", phones)
     broker = await start_broker(page_size=2, segment_users=3)
 
     bodies = [f"update {n}" for n in range(1, 5)]
@@ -444,8 +445,7 @@ async def test_a_split_fan_out_keeps_each_users_messages_in_publish_order(
 async def test_a_finished_segment_claims_the_next_without_waiting_for_the_poll(
     store: FakeStore, start_broker: StartBroker
 ) -> None:
-    for i in range(12):
-        await add_user(store, f"u{i:02}", phone=f"+30{i:02}", subscriptions={"sports": ["sms"]})
+    await add_sms_users(store, "sports", {f"u{i:02}": f"+30{i:02}" for i in range(12)})
     # The pump would look for work again in a minute: only the wake-ups claim here.
     broker = await start_broker(page_size=2, segment_users=3, poll_seconds=60)
 
@@ -519,8 +519,7 @@ async def test_a_message_waiting_for_room_is_not_overtaken_by_the_next_one(
     store: FakeStore, channels: dict[str, FakeChannel], start_broker: StartBroker
 ) -> None:
     await add_user(store, "ann", phone="+5001", subscriptions={"movies": ["sms"]})
-    for uid, phone in (("bea", "+5002"), ("cal", "+5003")):
-        await add_user(store, uid, phone=phone, subscriptions={"sports": ["sms"]})
+    await add_sms_users(store, "sports", {"bea": "+5002", "cal": "+5003"})
     sms = channels["sms"]
     sms.hold()
     broker = await start_broker(max_pending=1)

@@ -28,7 +28,7 @@ from notefly.ports import Channel, Rendered, SendResult
 from notefly.rendering import TemplateRenderer, build_environment
 from notefly.services import PublishCommand, Publisher
 from tests.fakes import FakeChannel, FakeIds, FakeStore, FixedClock
-from tests.unit.test_actors import add_user, eventually
+from tests.unit.test_actors import add_sms_users, add_user, eventually
 
 MAX_ATTEMPTS = 4
 
@@ -152,8 +152,7 @@ async def test_retries_and_failures_come_out_the_same_whichever_way_a_round_send
     store: FakeStore, start_broker: StartBroker, immediate: bool
 ) -> None:
     phones = {"flaky": "+1001", "down": "+1002", "rejected": "+1003", "healthy": "+1004"}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", phones)
     sms = ImmediateFakeChannel("sms") if immediate else FakeChannel("sms")
     sms.fail_for(["+1001"], lambda: TransientChannelError("busy"), times=2)
     sms.fail_for(["+1002"], lambda: TransientChannelError("timeout"))
@@ -181,8 +180,7 @@ async def test_retries_and_failures_come_out_the_same_whichever_way_a_round_send
 async def test_a_delivery_held_by_an_open_circuit_keeps_its_attempts(
     store: FakeStore, start_broker: StartBroker, immediate: bool
 ) -> None:
-    for uid, phone in {"ann": "+6001", "bob": "+6002"}.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", {"ann": "+6001", "bob": "+6002"})
     sms = ImmediateFakeChannel("sms") if immediate else FakeChannel("sms")
     held = CircuitOpen("the circuit is open", retry_after=0.01, channel="sms", provider="fake")
     sms.fail_for(["+6002"], lambda: held, times=2)
@@ -202,8 +200,7 @@ async def test_every_record_of_a_log_provider_names_its_own_delivery(
     store: FakeStore, start_broker: StartBroker
 ) -> None:
     phones = {f"user{i}": f"+300{i}" for i in range(6)}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", phones)
     broker = await start_broker({"sms": LogChannel("sms")})
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -222,8 +219,7 @@ async def test_at_warning_level_a_retry_still_names_its_delivery(
     store: FakeStore, start_broker: StartBroker, warning_level: None
 ) -> None:
     assert not shard_module.log.is_enabled_for(logging.INFO)
-    for uid, phone in {"ann": "+4001", "bob": "+4002", "cy": "+4003"}.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", {"ann": "+4001", "bob": "+4002", "cy": "+4003"})
     sms = ImmediateFakeChannel("sms")
     sms.fail_for(["+4002"], lambda: TransientChannelError("busy"), times=1)
     broker = await start_broker({"sms": sms})
@@ -248,8 +244,7 @@ async def test_a_log_provider_that_raises_fails_only_its_delivery(
                 raise RuntimeError("the disk is full")
             return await super().send(rendered, delivery_id=delivery_id)
 
-    for uid, phone in {"ann": "+5001", "bob": "+5002"}.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", {"ann": "+5001", "bob": "+5002"})
     broker = await start_broker({"sms": Broken("sms")})
 
     message = await broker.publish("finance", "Rates are up")
@@ -311,8 +306,7 @@ async def test_a_provider_answering_nonsense_fails_its_own_delivery_once(
             return None if rendered.to == "+7002" else result  # type: ignore[return-value]
 
     phones = {f"user{i}": f"+700{i}" for i in range(1, 7)}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", phones)
     sms = Nonsense("sms")
     broker = await start_broker({"sms": sms})
 
@@ -336,8 +330,7 @@ async def test_an_observer_that_raises_costs_no_delivery_and_no_repeat(
     store: FakeStore, start_broker: StartBroker
 ) -> None:
     phones = {f"user{i}": f"+710{i}" for i in range(1, 5)}
-    for uid, phone in phones.items():
-        await add_user(store, uid, phone=phone, subscriptions={"finance": ["sms"]})
+    await add_sms_users(store, "finance", phones)
     sms = ImmediateFakeChannel("sms")
     broker = await start_broker({"sms": sms})
 
