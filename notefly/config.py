@@ -55,7 +55,8 @@ class Settings:
     # dry: bigger pages keep them fed (README, Performance).
     fanout_page_size: int = 1500
     # A fan-out with more users than this left is split into segments of this many,
-    # which any node (or worker) may claim: one broadcast then keeps them all busy.
+    # which any node (or worker) may claim: one broadcast then keeps them all busy
+    # (two pages of the default size: claims stay rare).
     fanout_segment_users: int = 2500
     round_size: int = 256  # deliveries one shard hands to the event loop at once
     max_attempts: int = 5

@@ -26,6 +26,7 @@ from notefly.actors.category import CategoryActor
 from notefly.actors.messages import Deliver, Fanout
 from notefly.actors.pump import PumpSettings, WorkPump
 from notefly.actors.shard import ChannelShard, ShardSettings
+from notefly.config import Settings
 from notefly.domain import DeliveryTask, Message, partition_of
 from notefly.ports import (
     Channel,
@@ -46,9 +47,9 @@ ShardKey = tuple[str, int]  # (channel, shard index)
 # Users in the page planned with a message's commit: enough for most audiences of a
 # direct notification, small enough that accepting a broadcast stays quick.
 FIRST_PAGE_USERS = 64
-# A fan-out with more users than this left is split into segments of this many, which
-# any node claims (two pages of the default size: claims stay rare).
-DEFAULT_SEGMENT_USERS = 2500
+# The documented defaults (``Settings``), for a caller that passes none: the container
+# passes the configured values.
+DEFAULTS = Settings()
 # A node claims segments of other fan-outs while it runs fewer fan-outs than this: a
 # node busy with its own leaves them to idle ones.
 SEGMENTS_WHEN_BELOW = 2
@@ -64,12 +65,12 @@ class ActorSystem:
         clock: Clock,
         monotonic: Callable[[], float],
         node_id: str = "local",
-        shards_per_channel: int = 4,
-        page_size: int = 1500,
+        shards_per_channel: int = DEFAULTS.shards_per_channel,
+        page_size: int = DEFAULTS.fanout_page_size,
         first_page_size: int = FIRST_PAGE_USERS,
-        max_pending: int = 50_000,
-        max_fanouts: int = 10_000,
-        segment_users: int | None = DEFAULT_SEGMENT_USERS,
+        max_pending: int = DEFAULTS.max_pending,
+        max_fanouts: int = DEFAULTS.max_fanouts,
+        segment_users: int | None = DEFAULTS.fanout_segment_users,
         shard_settings: ShardSettings | None = None,
         pump_settings: PumpSettings | None = None,
         observer: Observer | None = None,
