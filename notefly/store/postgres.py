@@ -719,9 +719,10 @@ class PostgresStore(
         self, node_id: str, limit: int
     ) -> list[tuple[Message, Segment, str | None]]:
         rows = await self._fetch(
-            "WITH picked AS (SELECT message_id, seq FROM fanout_segments"
-            " WHERE NOT done AND owner IS NULL ORDER BY message_id, seq LIMIT $2"
-            " FOR UPDATE SKIP LOCKED),"
+            "WITH picked AS (SELECT s.message_id, s.seq FROM fanout_segments s"
+            " JOIN messages m ON m.id = s.message_id WHERE NOT s.done AND s.owner IS NULL"
+            " ORDER BY m.accepted_at, s.message_id, s.seq LIMIT $2"
+            " FOR UPDATE OF s SKIP LOCKED),"
             " claimed AS (UPDATE fanout_segments s SET owner = $1 FROM picked"
             " WHERE s.message_id = picked.message_id AND s.seq = picked.seq RETURNING s.*)"
             f" SELECT {_MESSAGE_COLUMNS}, c.seq, c.start_user, c.end_user, c.cursor"

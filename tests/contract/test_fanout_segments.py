@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 from notefly.domain import DeliveryTask, Message, Subscription, User
 from notefly.ports import Segment, Store
@@ -217,3 +218,18 @@ async def test_the_last_segments_finishing_at_once_finish_the_fanout(
         )
 
         assert (await store.delivery_counts(msg.id)).fanout_done is True
+
+
+async def test_segments_are_claimed_oldest_message_first(store: Store) -> None:
+    # The later message has the smaller id: the order is by acceptance, not by id.
+    await seed_users(store)
+    older = message("m9")
+    newer = message("m1", accepted_at=older.accepted_at + timedelta(hours=1))
+    for msg in (newer, older):
+        await store.accept_message(msg, owner="n1")
+        page = await store.fanout_page(msg, None, 2, ["email"], owner="n1")
+        assert await store.split_fanout(msg, page.cursor, 4, "n1") is not None
+
+    claimed = [(m.id, s.seq) for m, s, _cursor in await store.claim_segments("n2", 3)]
+
+    assert claimed == [("m9", 1), ("m9", 2), ("m1", 1)]
