@@ -288,8 +288,9 @@ def test_a_template_cannot_change_the_message_its_recipients_share(tmp_path: Pat
 
 
 def test_threads_evicting_each_other_always_get_their_own_message(tmp_path: Path) -> None:
-    # Lookups take no lock: a message evicted between a thread's lookup and its move to
-    # the recent end must still render right, and never raise.
+    # Lookups take no lock: with threads evicting each other's messages all the time,
+    # every render still gets its own message's text. (An eviction between a lookup's
+    # two steps is too rare to count on here; the next test makes it certain.)
     renderer, _ = counted(
         {"sms/default.txt": "{{ tick() }}{{ body }}"}, tmp_path, message_cache_size=2
     )
