@@ -128,7 +128,8 @@ class NullObserver:
 
 @dataclass(frozen=True, slots=True)
 class FanoutPage:
-    """One page of a message's audience, already recorded as queued deliveries."""
+    """One page of a message's audience, committed: its deliveries recorded as queued,
+    or those in ``tasks`` in flight with the page (see ``Segment.replay``)."""
 
     tasks: list[DeliveryTask]  # deliveries to hand to the channel shards
     skipped: int  # deliveries recorded as skipped (no address for the channel)
@@ -145,6 +146,11 @@ class Segment:
     seq: int  # its place in the message's fan-out
     start: str
     end: str | None
+    # A page in flight planned again (its id): a store may write a page's deliveries
+    # that go out at once only with their outcomes, and keep the page's range until
+    # they all are. A node that dies meanwhile leaves the range to whoever claims it,
+    # as a segment, and that node sends what has no row yet.
+    replay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +263,13 @@ class Store(Protocol):
         self, node_id: str, limit: int
     ) -> list[tuple[Message, Segment, str | None]]:
         """Claim unowned, unfinished segments (with their cursors), oldest message
-        first."""
+        first; with them, pages in flight left by a dead node (``Segment.replay``)."""
         ...
 
-    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record attempts of deliveries this node holds: those it claimed, and those
+        of the pages it planned, whether or not the page wrote their rows."""
+        ...
 
     # Work distribution between broker nodes (processes, on one machine or several):
     # every unfinished fan-out and every queued delivery has an owner node or none.

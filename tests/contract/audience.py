@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notefly.addresses import Endpoint, EndpointKind
-from notefly.domain import DeliveryTask, Message, Priority, Subscription, User
-from notefly.ports import Store
+from notefly.domain import (
+    DeliveryStatus,
+    DeliveryTask,
+    Message,
+    Outcome,
+    Priority,
+    Subscription,
+    User,
+)
+from notefly.ports import Segment, Store
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -94,3 +103,51 @@ async def fan_out_completely(
         after = page.cursor
         if page.done:
             return tasks
+
+
+async def replayed(
+    store: Store,
+    node: str,
+    claimed: list[tuple[Message, Segment, str | None]],
+    channels: Sequence[str] = ENABLED,
+) -> tuple[list[DeliveryTask], list[tuple[Message, Segment, str | None]]]:
+    """Plan the pages in flight among ``claimed`` segments, as ``node`` would: a store
+    may write a page's deliveries that go out at once only with their outcomes, and a
+    node that lets go of such a page leaves its range to plan again (``Segment.replay``).
+    Returns their tasks, and the other segments."""
+    tasks: list[DeliveryTask] = []
+    rest = []
+    for msg, segment, cursor in claimed:
+        if segment.replay is None:
+            rest.append((msg, segment, cursor))
+            continue
+        while True:
+            page = await store.fanout_page(msg, cursor, 2, channels, owner=node, segment=segment)
+            tasks += page.tasks
+            cursor = page.cursor
+            if page.done:
+                break
+    return tasks, rest
+
+
+async def take_over(
+    store: Store, node: str, channels: Sequence[str] = ENABLED, limit: int = 100
+) -> list[DeliveryTask]:
+    """The deliveries ``node`` takes over from the nodes that let go of theirs: queued
+    ones it claims, and those of pages in flight it plans again (see ``replayed``).
+    There must be no other segment to claim."""
+    tasks = await store.claim_deliveries(node, limit)
+    replays, rest = await replayed(store, node, await store.claim_segments(node, limit), channels)
+    assert rest == [], "a segment of a split fan-out was not expected here"
+    return tasks + replays
+
+
+async def hold_for_retry(store: Store, tasks: Sequence[DeliveryTask]) -> None:
+    """Record a failure to retry later for each of ``tasks``: every store then keeps a
+    row for each, owned by the node that holds it (whether or not the page wrote one)."""
+    await store.record_outcomes(
+        [
+            Outcome(t.id, DeliveryStatus.QUEUED, 1, "smtp", error="busy", retry_after=600)
+            for t in tasks
+        ]
+    )

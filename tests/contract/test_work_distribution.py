@@ -16,11 +16,14 @@ from notefly.ports import Store
 from tests.contract.audience import (
     ENABLED,
     EXPECTED_QUEUED,
+    EXPECTED_SKIPPED,
     T0,
     FakeClock,
     fan_out_completely,
+    hold_for_retry,
     message,
     seed_audience,
+    take_over,
 )
 from tests.contract.conftest import Backend
 
@@ -144,13 +147,16 @@ async def test_a_fanning_node_owns_its_queued_deliveries_but_not_its_skipped_one
     await seed_audience(store)
     msg = message()
     await store.accept_message(msg, owner="n1")
-    await fan_out_completely(store, msg, owner="n1")
+    tasks = await fan_out_completely(store, msg, owner="n1")
 
-    recorded = await owners(backend)
-    assert {d: o for d, o in recorded.items() if o is not None} == {
-        delivery_id(msg.id, *key): "n1" for key in EXPECTED_QUEUED
-    }
-    assert await store.claim_deliveries("n2", 100) == []
+    expected = {delivery_id(msg.id, *key) for key in EXPECTED_QUEUED}
+    assert {t.id for t in tasks} == expected
+    assert await take_over(store, "n2") == []
+    recorded = await owners(backend)  # the skipped ones have rows of their own
+    assert {recorded[delivery_id(msg.id, *key)] for key in EXPECTED_SKIPPED} == {None}
+    assert {o for o in recorded.values() if o is not None} <= {"n1"}
+    await store.release("n1")
+    assert {t.id for t in await take_over(store, "n2")} == expected
 
 
 async def test_a_released_node_hands_its_unfinished_work_to_the_others(
@@ -163,13 +169,13 @@ async def test_a_released_node_hands_its_unfinished_work_to_the_others(
     page = await store.fanout_page(msg, None, 2, ENABLED, owner="n1")
     other = await backend.open(clock)
     assert await other.claim_fanouts("n2", 10) == []
-    assert await other.claim_deliveries("n2", 10) == []
+    assert await take_over(other, "n2") == []
 
     await store.release("n1")
 
     assert await backend.query("SELECT id FROM nodes") == []
     assert await other.claim_fanouts("n2", 10) == [(msg, "u2")]
-    assert [t.id for t in await other.claim_deliveries("n2", 10)] == [t.id for t in page.tasks]
+    assert sorted(t.id for t in await take_over(other, "n2")) == sorted(t.id for t in page.tasks)
 
 
 async def test_release_leaves_the_work_of_other_nodes_and_finished_work_alone(
@@ -180,7 +186,8 @@ async def test_release_leaves_the_work_of_other_nodes_and_finished_work_alone(
     await store.accept_message(mine, owner="n1")
     await store.accept_message(theirs, owner="n2")
     tasks = await fan_out_completely(store, mine, owner="n1")
-    await store.fanout_page(theirs, None, 2, ENABLED, owner="n2")
+    theirs_page = await store.fanout_page(theirs, None, 2, ENABLED, owner="n2")
+    await hold_for_retry(store, theirs_page.tasks)  # rows of n2's, on every store
     sent = tasks[0].id
     await store.record_outcomes([Outcome(sent, DeliveryStatus.SENT, 1, "smtp")])
     await store.heartbeat("n1")
@@ -190,10 +197,11 @@ async def test_release_leaves_the_work_of_other_nodes_and_finished_work_alone(
 
     assert await backend.query("SELECT id FROM nodes") == [("n2",)]
     assert await store.claim_fanouts("n3", 10) == []  # m1 is done; m2 is n2's
-    claimed = await store.claim_deliveries("n3", 10)
+    claimed = await take_over(store, "n3")
     assert sorted(t.id for t in claimed) == sorted(t.id for t in tasks[1:])
     recorded = await owners(backend)
     assert recorded[sent] is None
+    assert {recorded[t.id] for t in theirs_page.tasks} == {"n2"}
     assert {o for d, o in recorded.items() if d.startswith("d_") and o not in (None, "n3")} == {
         "n2"
     }
@@ -381,5 +389,5 @@ async def test_a_claimed_delivery_keeps_an_address_that_is_a_registration(store:
     recorded = page.tasks[0].recipient.address
     assert recorded  # the provider resolves the registrations behind it
     await store.release("node-a")
-    claimed = await store.claim_deliveries("node-b", 10)
+    claimed = await take_over(store, "node-b", ["push"])
     assert [(t.id, t.recipient.address) for t in claimed] == [(page.tasks[0].id, recorded)]
