@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from notefly.store.sqlite_flight import IN_FLIGHT
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -49,7 +51,8 @@ class DeliveryLog:
         # Both counts use partial indexes that hold only the unfinished rows.
         unfanned = self._scalar("SELECT count(*) FROM messages WHERE fanout_done = 0")
         queued = self._scalar("SELECT count(*) FROM deliveries WHERE status = 'queued'")
-        return Progress(int(str(unfanned)), int(str(queued)))
+        in_flight = self._scalar(IN_FLIGHT)  # deliveries in hand without rows yet
+        return Progress(int(str(unfanned)), int(str(queued)) + int(str(in_flight)))
 
     def by_status(self) -> dict[str, int]:
         rows = self._conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status")

@@ -59,6 +59,17 @@ from notefly.store.rows import (
 from notefly.store.sqlite_addresses import SqliteAddressBook, registered_in_page
 from notefly.store.sqlite_deadletters import SqliteDeadLetters
 from notefly.store.sqlite_feed import SqliteInboxFeed
+from notefly.store.sqlite_flight import (
+    OPEN_PAGES,
+    OUTCOME_WIDTH,
+    PAGE_STEP_BACK,
+    Held,
+    existing,
+    held_row,
+    in_flight,
+    insert_held,
+    page_key,
+)
 from notefly.store.sqlite_keys import SqliteKeys
 from notefly.store.sqlite_ops import SqliteOpsMixin
 from notefly.store.sqlite_personal import SqlitePersonalData
@@ -129,6 +140,10 @@ class SqliteStore(
         )
         # The shards' rounds, recorded together while the writer is busy.
         self._outcomes = SharedWrite(self.writer, _record_outcomes)
+        # The deliveries of this node's pages in flight that have no row yet, by id
+        # (see sqlite_flight). Added by the writer thread as a page commits, taken out
+        # once the delivery's first outcome is written.
+        self._in_flight: dict[str, Held] = {}
         # Categories are never changed nor removed once added: every publish looks its
         # category up, and a known one needs no trip to the reader thread.
         self._known_categories: dict[str, Category] = {}
@@ -312,13 +327,17 @@ class SqliteStore(
             )
             # Segments begin and end at user ids too: the user before covers the same
             # users now. A cursor never steps back out of its segment.
-            for column, floor in SEGMENT_STEP_BACK:
-                await conn.execute(
-                    f"UPDATE fanout_segments SET {column} = max(coalesce("
-                    f"(SELECT max(id) FROM users WHERE id < ?), ''), {floor})"
-                    f" WHERE {column} = ?",
-                    (user_id, user_id),
-                )
+            for table, steps in (
+                ("fanout_segments", SEGMENT_STEP_BACK),
+                ("fanout_pages", PAGE_STEP_BACK),
+            ):
+                for column, floor in steps:
+                    await conn.execute(
+                        f"UPDATE {table} SET {column} = max(coalesce("
+                        f"(SELECT max(id) FROM users WHERE id < ?), ''), {floor})"
+                        f" WHERE {column} = ?",
+                        (user_id, user_id),
+                    )
 
         await self.writer.run(op)
 
@@ -469,20 +488,38 @@ class SqliteStore(
         row = await self._one("SELECT fanout_done FROM messages WHERE id = ?", (message_id,))
         if row is None:
             raise NotFound(f"no message {message_id!r}", code="message_not_found")
+        # In one statement, so in one snapshot: a delivery of a page in flight counts
+        # as queued until its outcome writes its row.
         rows = await self._all(
-            "SELECT status, count(*) FROM deliveries WHERE message_id = ? GROUP BY status",
-            (message_id,),
+            "SELECT status, count(*) FROM deliveries WHERE message_id = ? GROUP BY status"
+            " UNION ALL SELECT 'queued', sum(pending) FROM fanout_pages WHERE message_id = ?",
+            (message_id, message_id),
         )
-        return DeliveryCounts(fanout_done=bool(row[0]), by_status=dict(rows))
+        counts: Counter[str] = Counter()
+        for status, count in rows:
+            if count:
+                counts[status] += count
+        return DeliveryCounts(fanout_done=bool(row[0]), by_status=dict(counts))
 
     async def list_deliveries(self, message_id: str) -> list[Delivery]:
+        """Every delivery of the message: its rows, and those of its pages in flight
+        (queued, without a row yet: see ``sqlite_flight.in_flight``)."""
         await self.get_message(message_id)
-        rows = await self._all(
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?"
-            " ORDER BY user_id, channel",
-            (message_id,),
-        )
-        return [delivery(row, _dt) for row in rows]
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Delivery]]:
+            conn.execute("BEGIN")  # the rows and the pages from one snapshot
+            try:
+                rows = conn.execute(
+                    f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?",
+                    (message_id,),
+                ).fetchall()
+                return rows, in_flight(conn, message_id, {row[0] for row in rows})
+            finally:
+                conn.execute("COMMIT")
+
+        rows, flying = await self._read_sync(read)
+        listed = [delivery(row, _dt) for row in rows] + flying
+        return sorted(listed, key=lambda d: (d.user_id, d.channel))
 
     # -- fan-out and delivery -------------------------------------------------------
 
@@ -512,6 +549,7 @@ class SqliteStore(
         any transaction may add, so a page with one is always planned inside.
         """
         enabled = set(channels)
+        hold = segment is None or segment.replay is None
         full = self._fanout_op(
             message,
             after_user,
@@ -535,7 +573,7 @@ class SqliteStore(
                 conn.execute("COMMIT")
             return version, self._plan_page(
                 message, rows, registered, after, limit, enabled, owner, {}, Counter(),
-                partitions,
+                partitions, hold=hold,
             )  # fmt: skip
 
         version, planned = await self._read_sync(read)
@@ -570,13 +608,14 @@ class SqliteStore(
         enabled = set(channels)
         throttles = throttles or {}
         after, end = page_range(after_user, segment)
+        hold = not throttles and (segment is None or segment.replay is None)
 
         def op(conn: sqlite3.Connection) -> FanoutPage:
             rows, registered = _read_page(conn, message.category_id, after, end, limit)
             recent = _recent_counts(conn, rows, throttles, self._clock.now())
             planned = self._plan_page(
                 message, rows, registered, after, limit, enabled, owner, throttles, recent,
-                partitions,
+                partitions, hold=hold,
             )  # fmt: skip
             return _write_page(conn, message.id, planned, segment)
 
@@ -594,7 +633,11 @@ class SqliteStore(
         throttles: Mapping[str, Throttle],
         recent: Counter[tuple[str, str]],
         partitions: int,
+        *,
+        hold: bool,
     ) -> _PlannedPage:
+        """``hold``: keep the deliveries that go out now in flight (sqlite_flight)
+        rather than write them as queued."""
         clock_now = self._clock.now()
         now = clock_now.isoformat()
         plan = plan_page(
@@ -608,11 +651,22 @@ class SqliteStore(
             now=clock_now,
             partitions=partitions,
         )
-        delivery_rows = [
-            (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient, d.error,
-             now, d.owner, d.mode, _ts(d.not_before), d.note, now)
-            for d in plan.deliveries
-        ]  # fmt: skip
+        page = page_key(message.id, after_user or "") if hold and owner else None
+        delivery_rows = []
+        held = 0
+        in_flight = self._in_flight
+        for d in plan.deliveries:
+            if page is not None and d.owner is not None:  # it goes out now
+                in_flight[d.id] = Held(
+                    page, message.id, d.user_id, d.channel, d.recipient, now, d.owner,
+                    d.mode, d.note,
+                )  # fmt: skip
+                held += 1
+                continue
+            delivery_rows.append(
+                (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient,
+                 d.error, now, d.owner, d.mode, _ts(d.not_before), d.note, now)
+            )  # fmt: skip
         inbox_rows = [
             (notification_id(message.id, r[0]), r[0], message.id, message.category_id,
              message.title, message.body, message.priority.value,
@@ -622,8 +676,11 @@ class SqliteStore(
         ]  # fmt: skip
         done = len(rows) < limit
         last = rows[-1][0] if rows else after_user
+        flight = (
+            (page, after_user or "", last, owner, held, now) if page is not None and held else None
+        )
         return _PlannedPage(
-            delivery_rows, inbox_rows, FanoutPage(plan.tasks, plan.skipped, last, done)
+            delivery_rows, inbox_rows, FanoutPage(plan.tasks, plan.skipped, last, done), flight
         )
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -633,13 +690,20 @@ class SqliteStore(
         if not outcomes:
             return
         now = self._clock.now()
-        rows = []
+        rows: list[tuple[Any, ...]] = []
+        in_flight = self._in_flight
+        inserted = []
         for o in outcomes:
             at = o.at or now
             stamp = at.isoformat()  # about 0.8 us each: once a row
             status = o.status
             retrying = status is DeliveryStatus.QUEUED
             not_before = at + timedelta(seconds=o.retry_after or 0) if retrying else None
+            held = in_flight.get(o.delivery_id)
+            if held is not None:  # of a page in flight: its row comes with this outcome
+                rows.append(held_row(held, o, stamp, _ts(not_before), retrying))
+                inserted.append(o.delivery_id)
+                continue
             rows.append(
                 (
                     status.value,
@@ -657,8 +721,9 @@ class SqliteStore(
                     o.delivery_id,
                 )
             )
-
         await self._outcomes.add(rows)
+        for written in inserted:  # their next outcomes update their rows
+            in_flight.pop(written, None)
 
     # -- work distribution ------------------------------------------------------------
 
@@ -742,7 +807,9 @@ class SqliteStore(
     async def claim_segments(
         self, node_id: str, limit: int
     ) -> list[tuple[Message, Segment, str | None]]:
-        if not await self._finds(f"SELECT 1 FROM fanout_segments s WHERE {_OPEN_SEGMENTS}"):
+        if not await self._finds(
+            f"SELECT 1 FROM fanout_segments s WHERE {_OPEN_SEGMENTS} UNION ALL {OPEN_PAGES}"
+        ):
             return []
 
         def op(conn: sqlite3.Connection) -> list[tuple[Message, Segment, str | None]]:
@@ -758,7 +825,8 @@ class SqliteStore(
                 "UPDATE fanout_segments SET owner = ? WHERE message_id = ? AND seq = ?",
                 [(node_id, row[0], row[8]) for row in rows],
             )
-            return [(_message(row), Segment(row[8], row[9], row[10]), row[11]) for row in rows]
+            claimed = [(_message(row), Segment(row[8], row[9], row[10]), row[11]) for row in rows]
+            return claimed + _claim_pages(conn, node_id, limit - len(claimed))
 
         return await self.writer.run_sync(op)
 
@@ -1042,6 +1110,8 @@ class _PlannedPage:
     deliveries: list[tuple[Any, ...]]
     inbox: list[tuple[Any, ...]]
     page: FanoutPage
+    # The fanout_pages row when the page holds deliveries in flight.
+    flight: tuple[Any, ...] | None = None
 
 
 def _read_page(
@@ -1072,6 +1142,13 @@ def _read_page(
 def _write_page(
     conn: sqlite3.Connection, message_id: str, planned: _PlannedPage, segment: Segment | None
 ) -> FanoutPage:
+    page = planned.page
+    if segment is not None and segment.replay is not None:
+        # A page in flight of a node that died, planned again: what has a row by now
+        # was sent, or is queued for whoever claims it.
+        sent = existing(conn, [task.id for task in page.tasks])
+        if sent:
+            page = replace(page, tasks=[task for task in page.tasks if task.id not in sent])
     write_rows(
         conn,
         "INSERT OR IGNORE INTO deliveries (id, message_id, user_id, channel, status,"
@@ -1084,7 +1161,16 @@ def _write_page(
         " priority, created_at, via)",
         planned.inbox,
     )
-    page = planned.page
+    if planned.flight is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO fanout_pages (id, after_user, last_user, owner, pending,"
+            " created_at, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*planned.flight, message_id),
+        )
+    if segment is not None and segment.replay is not None:
+        if page.done:
+            conn.execute("DELETE FROM fanout_pages WHERE id = ?", (segment.replay,))
+        return page
     if segment is None:
         conn.execute(
             "UPDATE messages SET fanout_cursor = ?, fanout_done = ? WHERE id = ?",
@@ -1108,6 +1194,12 @@ def _record_outcomes(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> N
     """Outcome rows of any number of rounds, in the order they were recorded."""
     # One row per delivery, the last outcome of each (as one update after another
     # would leave it): an UPDATE ... FROM joins each delivery to a single row.
+    # The first outcome of a delivery in flight inserts its row instead (``held_row``):
+    # no other outcome of it can be in the same write.
+    held = [r for r in rows if len(r) != OUTCOME_WIDTH]
+    if held:
+        insert_held(conn, held)
+        rows = [r for r in rows if len(r) == OUTCOME_WIDTH]
     rows = list({r[-1]: r for r in rows}.values())
     digests = [r for r in rows if r[-1].startswith(DIGEST_PREFIX)]
     singles = [r for r in rows if not r[-1].startswith(DIGEST_PREFIX)] if digests else rows
@@ -1143,6 +1235,29 @@ def _record_digests(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -
     )
 
 
+def _claim_pages(
+    conn: sqlite3.Connection, node_id: str, limit: int
+) -> list[tuple[Message, Segment, str | None]]:
+    """Claim pages in flight that their node left (see sqlite_flight), each to plan
+    again as a segment of its message. A negative ``seq`` (the page's row number)
+    tells it from the message's own segments."""
+    if limit <= 0:
+        return []
+    cursor = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS}, p.id, p.rowid, p.after_user, p.last_user"
+        " FROM fanout_pages p JOIN messages m ON m.id = p.message_id"
+        " WHERE p.owner IS NULL ORDER BY m.accepted_at, p.rowid LIMIT ?",
+        (limit,),
+    )
+    rows = list(cursor.fetchall())
+    conn.executemany(
+        "UPDATE fanout_pages SET owner = ? WHERE id = ?", [(node_id, row[8]) for row in rows]
+    )
+    return [
+        (_message(row), Segment(-row[9], row[10], row[11], replay=row[8]), None) for row in rows
+    ]
+
+
 def _owners(conn: sqlite3.Connection) -> set[str]:
     """Every node named as the owner of unfinished work. Jumps from owner to owner along
     the indexes, so the cost follows the number of owners, not of deliveries."""
@@ -1152,6 +1267,7 @@ def _owners(conn: sqlite3.Connection) -> set[str]:
         ("digests", "owner", "status = 'queued'"),
         ("messages", "fanout_owner", "fanout_done = 0"),
         ("fanout_segments", "owner", "done = 0"),
+        ("fanout_pages", "owner", "owner IS NOT NULL"),
     ):
         last = ""
         while True:
@@ -1188,6 +1304,7 @@ def _release(conn: sqlite3.Connection, node_ids: Sequence[str]) -> None:
         f"UPDATE digests SET owner = NULL WHERE status = 'queued' AND owner IN ({marks})",
         node_ids,
     )
+    conn.execute(f"UPDATE fanout_pages SET owner = NULL WHERE owner IN ({marks})", node_ids)
     conn.execute(f"DELETE FROM nodes WHERE id IN ({marks})", node_ids)
 
 

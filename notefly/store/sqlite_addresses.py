@@ -19,6 +19,7 @@ from notefly.addresses import DeliveryContext, Endpoint, EndpointKind
 from notefly.domain import Message, Priority
 from notefly.errors import NotFound
 from notefly.ports import Clock
+from notefly.store.sqlite_flight import Held
 from notefly.store.sqlite_reads import read_all
 from notefly.store.writer import GroupCommitWriter
 
@@ -50,6 +51,7 @@ class SqliteAddressBook:
     _reader: aiosqlite.Connection
     writer: GroupCommitWriter
     _clock: Clock
+    _in_flight: dict[str, Held]
 
     async def _endpoint_rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         return await read_all(self._reader, sql, params)
@@ -129,11 +131,18 @@ class SqliteAddressBook:
 
     async def delivery_context(self, delivery_id: str) -> DeliveryContext:
         """A delivery's user and message; a digest's user and newest message."""
-        rows = await self._endpoint_rows(
-            f"SELECT d.user_id, {_MESSAGE} FROM deliveries d"
-            " JOIN messages m ON m.id = d.message_id WHERE d.id = ?",
-            (delivery_id,),
-        )
+        held = self._in_flight.get(delivery_id)
+        if held is not None:  # of a page in flight: no row yet, unless its user is gone
+            rows = await self._endpoint_rows(
+                f"SELECT u.id, {_MESSAGE} FROM users u JOIN messages m ON m.id = ? WHERE u.id = ?",
+                (held.message_id, held.user_id),
+            )
+        else:
+            rows = await self._endpoint_rows(
+                f"SELECT d.user_id, {_MESSAGE} FROM deliveries d"
+                " JOIN messages m ON m.id = d.message_id WHERE d.id = ?",
+                (delivery_id,),
+            )
         if not rows:  # a digest ("g_..."): the deliveries it carries name it
             rows = await self._endpoint_rows(
                 f"SELECT d.user_id, {_MESSAGE} FROM deliveries d"

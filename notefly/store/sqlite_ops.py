@@ -18,6 +18,7 @@ from notefly.domain import DeliveryTask
 from notefly.errors import Conflict, NotFound
 from notefly.operations import FailedDelivery, MessageSummary, OpsStore, ProviderError
 from notefly.ports import Clock
+from notefly.store.sqlite_flight import IN_FLIGHT
 from notefly.store.sqlite_reads import read_all
 from notefly.store.sqlite_rows import _TASK_QUERY, _tasks
 from notefly.store.writer import GroupCommitWriter
@@ -47,6 +48,8 @@ class SqliteOpsMixin:
         for status in _STATUSES:
             rows = await self._ops_all(f"SELECT count(*) FROM deliveries WHERE status = '{status}'")
             counts[status] = rows[0][0]
+        rows = await self._ops_all(IN_FLIGHT)  # without rows yet, and queued all the same
+        counts["queued"] += rows[0][0]
         return counts
 
     async def recent_messages(self, limit: int) -> list[MessageSummary]:
@@ -60,12 +63,14 @@ class SqliteOpsMixin:
             return []
         marks = ", ".join("?" * len(messages))
         counts: dict[str, dict[str, int]] = {row[0]: {} for row in messages}
+        ids = [row[0] for row in messages]
         for message_id, status, count in await self._ops_all(
             f"SELECT message_id, status, count(*) FROM deliveries WHERE message_id IN ({marks})"
-            " GROUP BY message_id, status",
-            [row[0] for row in messages],
+            " GROUP BY message_id, status UNION ALL SELECT message_id, 'queued', sum(pending)"
+            f" FROM fanout_pages WHERE message_id IN ({marks}) GROUP BY message_id",
+            ids + ids,
         ):
-            counts[message_id][status] = count
+            counts[message_id][status] = counts[message_id].get(status, 0) + count
         return [
             MessageSummary(
                 id=row[0],

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from notefly.store.sqlite_flight import IN_FLIGHT
 from tests.contract.postgres_server import reach_server, run_sync
 
 # -- the provider's side ---------------------------------------------------------------
@@ -260,10 +261,12 @@ class StoreView:
             await conn.close()
 
     def unfinished(self) -> int:
-        """Fan-outs not done plus deliveries still queued."""
+        """Fan-outs not done plus deliveries still queued (on SQLite, with those of
+        pages in flight, which have no rows yet)."""
+        in_flight = f" + ({IN_FLIGHT})" if self.postgres_url is None else ""
         rows = self.query(
             "SELECT (SELECT count(*) FROM messages WHERE NOT fanout_done)"
-            " + (SELECT count(*) FROM deliveries WHERE status = 'queued')"
+            f" + (SELECT count(*) FROM deliveries WHERE status = 'queued'){in_flight}"
         )
         return int(rows[0][0])
 

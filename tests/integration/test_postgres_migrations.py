@@ -101,6 +101,7 @@ async def test_a_fresh_database_gets_every_migration(url: str) -> None:
         "digests",
         "api_keys",
         "fanout_segments",
+        "fanout_pages",
     }
     assert await query(url, "SELECT id FROM categories ORDER BY id") == [
         ("finance",),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ async def test_a_page_asked_of_a_closed_store_says_the_store_is_unavailable(
 
 
 @pytest.mark.parametrize("first_page", [True, False], ids=["with-the-message", "later"])
-async def test_a_page_is_written_grouped_as_the_shards_send_it(
+async def test_a_page_written_whole_is_written_grouped_as_the_shards_send_it(
     store: SqliteStore, tmp_path: Path, first_page: bool
 ) -> None:
     for i in range(10, 40):
@@ -197,7 +198,10 @@ async def test_a_page_is_written_grouped_as_the_shards_send_it(
         await store.add_user(User(uid, uid, email=f"{uid}@example.org", phone=f"+1555{i:07d}"))
         channels = ("email", "sms")[: 1 + i % 2]
         await store.upsert_subscription(Subscription(uid, "sports", channels))
-    request = PageRequest(100, ENABLED, "n1", {}, partitions=4)
+    # A throttle (too loose to hold anything back) makes the page write every delivery
+    # at once: pages without one keep theirs in flight (test_sqlite_pages_in_flight).
+    loose = {"email": Throttle(1000, timedelta(hours=1))}
+    request = PageRequest(100, ENABLED, "n1", loose, partitions=4)
     grouped = message("m2")  # the fixture's m1 is accepted and not fanned out
     if first_page:
         accepted = await store.accept_with_page(grouped, request)

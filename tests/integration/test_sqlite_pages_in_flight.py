@@ -1,0 +1,129 @@
+"""SQLite writes the deliveries of a page that go out at once only with their outcome:
+one write each instead of two, with the page kept in flight meanwhile (see
+``notefly/store/sqlite_flight.py``; what every store must do is in
+tests/contract/test_deliveries_in_hand.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from notefly.domain import DeliveryStatus, DeliveryTask, Outcome, Subscription, User
+from notefly.errors import NotFound
+from notefly.schedule import Throttle
+from notefly.store.sqlite import SqliteStore
+from tests.contract.audience import (
+    ENABLED,
+    EXPECTED_QUEUED,
+    EXPECTED_SKIPPED,
+    message,
+)
+from tests.integration.test_sqlite_fanout_plan import between_read_and_write
+from tests.integration.test_sqlite_fanout_plan import store as store  # the fixture
+from tests.integration.test_sqlite_store import query
+
+
+def sent(task: DeliveryTask) -> Outcome:
+    return Outcome(task.id, DeliveryStatus.SENT, 1, "smtp", text="hello")
+
+
+def count_updates(path: Path) -> None:
+    """From now on, count the updates of delivery rows (in ``updates``)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE updates (n INTEGER NOT NULL)")
+        conn.execute("INSERT INTO updates VALUES (0)")
+        conn.execute(
+            "CREATE TRIGGER count_updates AFTER UPDATE ON deliveries"
+            " BEGIN UPDATE updates SET n = n + 1; END"
+        )
+
+
+def pages(path: Path) -> list[tuple[Any, ...]]:
+    return query(path, "SELECT after_user, last_user, owner, pending FROM fanout_pages")
+
+
+async def test_a_page_writes_each_delivery_that_goes_out_once_with_its_outcome(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    db = tmp_path / "n.db"
+    count_updates(db)
+
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+
+    assert {(t.recipient.user_id, t.channel) for t in page.tasks} == set(EXPECTED_QUEUED)
+    rows = query(db, "SELECT user_id, channel, status FROM deliveries")
+    assert {(u, c) for u, c, _s in rows} == EXPECTED_SKIPPED  # only what does not go out
+    assert pages(db) == [("", "u5", "n1", 5)]
+    assert (await store.work_counts())["queued"] == 5
+
+    await store.record_outcomes([sent(t) for t in page.tasks[:2]])
+    assert pages(db) == [("", "u5", "n1", 3)]
+    await store.record_outcomes([sent(t) for t in page.tasks[2:]])
+
+    assert pages(db) == []
+    rows = query(db, "SELECT status, count(*) FROM deliveries GROUP BY status")
+    assert dict(rows) == {"sent": 5, "skipped": 2}
+    assert query(db, "SELECT n FROM updates") == [(0,)]  # inserted once, never rewritten
+    assert (await store.work_counts())["queued"] == 0
+    [summary] = await store.recent_messages(5)
+    assert summary.deliveries == {"sent": 5, "skipped": 2}
+
+
+async def test_the_ops_summary_counts_deliveries_in_flight_as_queued(
+    store: SqliteStore,
+) -> None:
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+    await store.record_outcomes([sent(page.tasks[0])])
+
+    [summary] = await store.recent_messages(5)
+    assert summary.deliveries == {"queued": 4, "sent": 1, "skipped": 2}
+
+
+async def test_a_provider_finds_the_user_and_message_of_a_delivery_in_flight(
+    store: SqliteStore,
+) -> None:
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+    [eve] = [t for t in page.tasks if t.recipient.user_id == "u5"]
+
+    context = await store.delivery_context(eve.id)
+
+    assert (context.delivery_id, context.user_id, context.message) == (eve.id, "u5", message())
+    await store.delete_user("u5")
+    with pytest.raises(NotFound):
+        await store.delivery_context(eve.id)
+
+
+async def test_a_page_planned_again_inside_the_lock_is_one_page_in_flight(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def newcomer() -> None:  # changes the audience between the read and the write
+        await store.add_user(User("u35", "New", email="new@example.org"))
+        await store.upsert_subscription(Subscription("u35", "sports", ("email",)))
+
+    between_read_and_write(store, monkeypatch, newcomer)
+
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+
+    assert ("u35", "email") in {(t.recipient.user_id, t.channel) for t in page.tasks}
+    assert pages(tmp_path / "n.db") == [("", "u5", "n1", 6)]
+    await store.record_outcomes([sent(t) for t in page.tasks])
+    assert pages(tmp_path / "n.db") == []
+
+
+async def test_a_throttled_page_writes_its_deliveries_at_once(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """A throttle counts the rows of every message in its period: a page with one
+    keeps nothing in flight, so that the next page counts what this one sends."""
+    throttles = {"email": Throttle(1000, timedelta(hours=1))}
+
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1", throttles=throttles)
+
+    rows = query(tmp_path / "n.db", "SELECT user_id, channel, owner FROM deliveries")
+    queued = {(u, c) for u, c, owner in rows if owner == "n1"}
+    assert queued == {(t.recipient.user_id, t.channel) for t in page.tasks}
+    assert pages(tmp_path / "n.db") == []
