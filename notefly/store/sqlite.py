@@ -60,6 +60,7 @@ from notefly.store.sqlite_addresses import SqliteAddressBook, registered_in_page
 from notefly.store.sqlite_deadletters import SqliteDeadLetters
 from notefly.store.sqlite_feed import SqliteInboxFeed
 from notefly.store.sqlite_flight import (
+    HOLD_AT_LEAST,
     OPEN_PAGES,
     OUTCOME_WIDTH,
     PAGE_STEP_BACK,
@@ -140,6 +141,7 @@ class SqliteStore(
         )
         # The shards' rounds, recorded together while the writer is busy.
         self._outcomes = SharedWrite(self.writer, _record_outcomes)
+        self.hold_at_least = HOLD_AT_LEAST
         # The deliveries of this node's pages in flight that have no row yet, by id
         # (see sqlite_flight). Added by the writer thread as a page commits, taken out
         # once the delivery's first outcome is written.
@@ -651,7 +653,8 @@ class SqliteStore(
             now=clock_now,
             partitions=partitions,
         )
-        page = page_key(message.id, after_user or "") if hold and owner else None
+        hold = hold and owner is not None and len(plan.tasks) >= self.hold_at_least
+        page = page_key(message.id, after_user or "") if hold else None
         delivery_rows = []
         held = 0
         in_flight = self._in_flight

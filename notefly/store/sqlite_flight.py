@@ -11,6 +11,7 @@ node that claims it plans the range again and sends only what has no row yet.
 
 Pages with a throttle are written whole, as before: a throttle counts the deliveries
 of every message in its period, so those must have rows as soon as they are planned.
+So are small pages (``HOLD_AT_LEAST``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from notefly.store.writer import ROWS_PER_STATEMENT, write_rows
 # The users a page in flight names, and what each may not step back below when that
 # user is erased (as ``SEGMENT_STEP_BACK``).
 PAGE_STEP_BACK = (("last_user", "after_user"), ("after_user", "''"))
+
+# A page in flight costs statements of its own (its row, its count, its removal), each
+# a wait for the GIL under the lock: a page with fewer deliveries that go out at once
+# (a message to a few users) is written whole.
+HOLD_AT_LEAST = 100
 
 OPEN_PAGES = "SELECT 1 FROM fanout_pages WHERE owner IS NULL"
 # The deliveries of pages in flight: queued, for every count of the work left.

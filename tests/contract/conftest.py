@@ -70,7 +70,11 @@ class SqliteBackend(Backend):
         self.path = path
 
     async def _open(self, clock: Clock) -> Any:
-        return await SqliteStore.open(self.path, clock)
+        store = await SqliteStore.open(self.path, clock)
+        # The audiences here are a few users: keep even their pages in flight, the way
+        # of a broadcast's (a small page is otherwise written whole, as PostgreSQL's).
+        store.hold_at_least = 1
+        return store
 
     def ops(self, store: Store) -> Any:
         return ops_store(store)

@@ -3,6 +3,7 @@ did not change meanwhile (``audience_version``); otherwise it plans it again ins
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -30,15 +31,22 @@ from tests.contract.audience import (
 from tests.integration.test_sqlite_store import query
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(tmp_path / "n.db", FakeClock())
+@contextlib.asynccontextmanager
+async def seeded(path: Path) -> AsyncIterator[SqliteStore]:
+    """A store at ``path`` with the contract tests' audience, and m1 accepted."""
+    store = await SqliteStore.open(path, FakeClock())
     try:
         await seed_audience(store)
         await store.accept_message(message())
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with seeded(tmp_path / "n.db") as store:
+        yield store
 
 
 def version(tmp_path: Path) -> int:

@@ -6,6 +6,7 @@ tests/contract/test_deliveries_in_hand.py)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,21 @@ from tests.contract.audience import (
     EXPECTED_SKIPPED,
     message,
 )
-from tests.integration.test_sqlite_fanout_plan import between_read_and_write
-from tests.integration.test_sqlite_fanout_plan import store as store  # the fixture
+from tests.integration.test_sqlite_fanout_plan import between_read_and_write, seeded
 from tests.integration.test_sqlite_store import query
+
+
+@pytest.fixture
+async def whole_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with seeded(tmp_path / "n.db") as store:
+        yield store
+
+
+@pytest.fixture
+def store(whole_store: SqliteStore) -> SqliteStore:
+    """The audience here is a few users: keep even their pages in flight."""
+    whole_store.hold_at_least = 1
+    return whole_store
 
 
 def sent(task: DeliveryTask) -> Outcome:
@@ -127,3 +140,19 @@ async def test_a_throttled_page_writes_its_deliveries_at_once(
     queued = {(u, c) for u, c, owner in rows if owner == "n1"}
     assert queued == {(t.recipient.user_id, t.channel) for t in page.tasks}
     assert pages(tmp_path / "n.db") == []
+
+
+async def test_a_page_with_few_deliveries_that_go_out_is_written_whole(
+    whole_store: SqliteStore, tmp_path: Path
+) -> None:
+    """A page in flight has statements of its own: a message to a few users is
+    cheaper written whole, with one row each now and its outcome later."""
+    assert whole_store.hold_at_least > len(EXPECTED_QUEUED)
+
+    page = await whole_store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+
+    rows = query(tmp_path / "n.db", "SELECT user_id, channel, status, owner FROM deliveries")
+    assert {(u, c) for u, c, s, o in rows if (s, o) == ("queued", "n1")} == set(EXPECTED_QUEUED)
+    assert pages(tmp_path / "n.db") == []
+    await whole_store.record_outcomes([sent(t) for t in page.tasks])
+    assert (await whole_store.delivery_counts("m1")).by_status == {"sent": 5, "skipped": 2}
