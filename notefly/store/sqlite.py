@@ -14,7 +14,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -141,10 +141,12 @@ class SqliteStore(
         )
         # The shards' rounds, recorded together while the writer is busy.
         self._outcomes = SharedWrite(self.writer, _record_outcomes)
+        # Pages with fewer deliveries that go out at once are written whole.
         self.hold_at_least = HOLD_AT_LEAST
         # The deliveries of this node's pages in flight that have no row yet, by id
-        # (see sqlite_flight). Added by the writer thread as a page commits, taken out
-        # once the delivery's first outcome is written.
+        # (see sqlite_flight). Added as a page is planned (before it commits: a page
+        # planned again, or whose write failed, is the same page with the same ids),
+        # taken out once the delivery's first outcome is written.
         self._in_flight: dict[str, Held] = {}
         # Categories are never changed nor removed once added: every publish looks its
         # category up, and a known one needs no trip to the reader thread.
@@ -582,8 +584,10 @@ class SqliteStore(
 
         def write(conn: sqlite3.Connection) -> FanoutPage:
             (now,) = conn.execute("SELECT n FROM audience_version").fetchone()
-            if now != version:
-                return full(conn)  # the audience changed meanwhile: plan it afresh
+            if now != version:  # the audience changed meanwhile: plan it afresh
+                for gone in planned.held:  # the plan again holds those still in it
+                    self._in_flight.pop(gone, None)
+                return full(conn)
             return _write_page(conn, message.id, planned, segment)
 
         return await self.writer.run_sync(write)
@@ -656,7 +660,7 @@ class SqliteStore(
         hold = hold and owner is not None and len(plan.tasks) >= self.hold_at_least
         page = page_key(message.id, after_user or "") if hold else None
         delivery_rows = []
-        held = 0
+        held = []
         in_flight = self._in_flight
         for d in plan.deliveries:
             if page is not None and d.owner is not None:  # it goes out now
@@ -664,7 +668,7 @@ class SqliteStore(
                     page, message.id, d.user_id, d.channel, d.recipient, now, d.owner,
                     d.mode, d.note,
                 )  # fmt: skip
-                held += 1
+                held.append(d.id)
                 continue
             delivery_rows.append(
                 (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient,
@@ -680,10 +684,16 @@ class SqliteStore(
         done = len(rows) < limit
         last = rows[-1][0] if rows else after_user
         flight = (
-            (page, after_user or "", last, owner, held, now) if page is not None and held else None
+            (page, after_user or "", last, owner, len(held), now)
+            if page is not None and held
+            else None
         )
         return _PlannedPage(
-            delivery_rows, inbox_rows, FanoutPage(plan.tasks, plan.skipped, last, done), flight
+            delivery_rows,
+            inbox_rows,
+            FanoutPage(plan.tasks, plan.skipped, last, done),
+            flight,
+            held,
         )
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -1113,8 +1123,9 @@ class _PlannedPage:
     deliveries: list[tuple[Any, ...]]
     inbox: list[tuple[Any, ...]]
     page: FanoutPage
-    # The fanout_pages row when the page holds deliveries in flight.
+    # The fanout_pages row when the page holds deliveries in flight, and their ids.
     flight: tuple[Any, ...] | None = None
+    held: list[str] = field(default_factory=list)
 
 
 def _read_page(

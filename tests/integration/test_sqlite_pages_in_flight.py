@@ -156,3 +156,22 @@ async def test_a_page_with_few_deliveries_that_go_out_is_written_whole(
     assert pages(tmp_path / "n.db") == []
     await whole_store.record_outcomes([sent(t) for t in page.tasks])
     assert (await whole_store.delivery_counts("m1")).by_status == {"sent": 5, "skipped": 2}
+
+
+async def test_a_page_planned_again_forgets_who_left_the_audience_meanwhile(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def leaves() -> None:  # Ada unsubscribes between the read and the write
+        await store.delete_subscription("u1", "sports")
+
+    between_read_and_write(store, monkeypatch, leaves)
+
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+
+    assert "u1" not in {t.recipient.user_id for t in page.tasks}
+    assert pages(tmp_path / "n.db") == [("", "u5", "n1", 4)]
+    # Nothing of the first plan stays behind in the node's deliveries in flight.
+    assert sorted(store._in_flight) == sorted(t.id for t in page.tasks)
+    await store.record_outcomes([sent(t) for t in page.tasks])
+    assert store._in_flight == {}
+    assert pages(tmp_path / "n.db") == []
