@@ -74,7 +74,7 @@ from notefly.store.sqlite_flight import (
 from notefly.store.sqlite_keys import SqliteKeys
 from notefly.store.sqlite_ops import SqliteOpsMixin
 from notefly.store.sqlite_personal import SqlitePersonalData
-from notefly.store.sqlite_reads import read_all, unavailable_when_failing
+from notefly.store.sqlite_reads import read_all, read_on
 from notefly.store.sqlite_rows import (
     _MESSAGE_COLUMNS,
     _TASK_QUERY,
@@ -510,19 +510,19 @@ class SqliteStore(
         (queued, without a row yet: see ``sqlite_flight.in_flight``)."""
         await self.get_message(message_id)
 
-        def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Delivery]]:
+        def read(conn: sqlite3.Connection) -> list[Delivery]:
             conn.execute("BEGIN")  # the rows and the pages from one snapshot
             try:
                 rows = conn.execute(
                     f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?",
                     (message_id,),
                 ).fetchall()
-                return rows, in_flight(conn, message_id, {row[0] for row in rows})
+                flying = in_flight(conn, message_id)
             finally:
                 conn.execute("COMMIT")
+            return [delivery(row, _dt) for row in rows] + [d for d, _ in flying]
 
-        rows, flying = await self._read_sync(read)
-        listed = [delivery(row, _dt) for row in rows] + flying
+        listed = await self._read_sync(read)
         return sorted(listed, key=lambda d: (d.user_id, d.channel))
 
     # -- fan-out and delivery -------------------------------------------------------
@@ -593,10 +593,8 @@ class SqliteStore(
         return await self.writer.run_sync(write)
 
     async def _read_sync(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``read`` on the reader connection's thread, in one step (``read_all``)."""
-        with unavailable_when_failing():
-            raw = self._reader._conn  # the thread below is the only one that uses it
-            return cast(T, await self._reader._execute(read, raw))  # type: ignore[no-untyped-call]
+        """Run ``read`` on the reader connection's thread, in one step (``read_on``)."""
+        return await read_on(self._reader, read)
 
     def _fanout_op(
         self,

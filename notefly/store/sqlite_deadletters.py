@@ -8,6 +8,7 @@ the same delivery.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -15,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from notefly.deadletters import DeliveryCursor, DeliveryFilter, ListedDelivery
-from notefly.domain import DeliveryStatus, DeliveryTask
+from notefly.domain import Delivery, DeliveryStatus, DeliveryTask
 from notefly.ports import Clock
 from notefly.store.rows import DELIVERY_COLUMNS, delivery
-from notefly.store.sqlite_reads import read_all
+from notefly.store.sqlite_flight import in_flight
+from notefly.store.sqlite_reads import read_all, read_on
 from notefly.store.sqlite_rows import _TASK_QUERY, _dt, _tasks
 from notefly.store.writer import GroupCommitWriter
 
@@ -31,6 +33,19 @@ _CHUNK = 500  # ids per IN (...) list, well under SQLite's limit of variables
 def _stamp(value: datetime) -> str:
     # Stored timestamps are ISO 8601 in UTC; in that form text order is time order.
     return value.astimezone(UTC).isoformat()
+
+
+def _matches(
+    found: Delivery, category: str, where: DeliveryFilter, after: DeliveryCursor | None
+) -> bool:
+    """Whether a delivery in flight passes the filter that ``matching`` writes as SQL."""
+    return (
+        (where.channel is None or found.channel == where.channel)
+        and (where.category is None or category == where.category)
+        and (where.since is None or found.updated_at >= where.since)
+        and (where.until is None or found.updated_at < where.until)
+        and (after is None or (found.updated_at, found.id) < (after.updated_at, after.id))
+    )
 
 
 def matching(
@@ -74,13 +89,31 @@ class SqliteDeadLetters:
     async def find_deliveries(
         self, where: DeliveryFilter, limit: int, after: DeliveryCursor | None
     ) -> list[ListedDelivery]:
+        """Matching deliveries, latest update first; queued ones include those of
+        pages in flight (``sqlite_flight.in_flight``), in the same order."""
         clause, params = matching(where, after, where.status)
-        rows = await read_all(
-            self._reader,
-            f"SELECT {_COLUMNS}, m.category_id {_FROM}{clause} {_ORDER} LIMIT ?",
-            [*params, limit],
-        )
-        return [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
+        sql = f"SELECT {_COLUMNS}, m.category_id {_FROM}{clause} {_ORDER} LIMIT ?"
+        if where.status not in (None, DeliveryStatus.QUEUED):
+            rows = await read_all(self._reader, sql, [*params, limit])
+            return [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
+
+        def read(conn: sqlite3.Connection) -> list[ListedDelivery]:
+            conn.execute("BEGIN")  # the rows and the pages from one snapshot
+            try:
+                rows = conn.execute(sql, [*params, limit]).fetchall()
+                flying = in_flight(conn)
+            finally:
+                conn.execute("COMMIT")
+            listed = [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
+            listed += [
+                ListedDelivery(d, category)
+                for d, category in flying
+                if _matches(d, category, where, after)
+            ]
+            listed.sort(key=lambda e: (e.delivery.updated_at, e.delivery.id), reverse=True)
+            return listed[:limit]
+
+        return await read_on(self._reader, read)
 
     async def requeue_failed_matching(
         self, where: DeliveryFilter, owner: str | None, limit: int

@@ -127,33 +127,38 @@ def existing(conn: sqlite3.Connection, ids: Iterable[str]) -> set[str]:
     return found
 
 
-def in_flight(conn: sqlite3.Connection, message_id: str, written: set[str]) -> list[Delivery]:
-    """The deliveries of the message's pages in flight that have no row (of those
-    ``written``): queued, as the counts show them. Read from the pages' ranges of the
-    audience as it is now; a channel a user added since the page was planned is listed
-    until the page is over, though it is not on its way."""
+def in_flight(
+    conn: sqlite3.Connection, message_id: str | None = None
+) -> list[tuple[Delivery, str]]:
+    """The deliveries of pages in flight (of one message, or of all) that have no row
+    yet, with their message's category: queued, as the counts show them. Read from the
+    pages' ranges of the audience as it is now; a channel a user added since the page
+    was planned is listed until the page is over, though it is not on its way."""
     found = []
     pages = conn.execute(
-        "SELECT p.after_user, p.last_user, p.created_at, m.category_id"
+        "SELECT p.message_id, p.after_user, p.last_user, p.created_at, m.category_id"
         " FROM fanout_pages p JOIN messages m ON m.id = p.message_id"
-        " WHERE p.message_id = ? ORDER BY p.after_user",
-        (message_id,),
+        " WHERE ? IS NULL OR p.message_id = ? ORDER BY p.message_id, p.after_user",
+        (message_id, message_id),
     ).fetchall()
-    for after, last, created, category in pages:
+    for message, after, last, created, category in pages:
         at = datetime.fromisoformat(created)
         subscribers = conn.execute(
             "SELECT user_id, channels FROM subscriptions"
             " WHERE category_id = ? AND user_id > ? AND user_id <= ? ORDER BY user_id",
             (category, after, last),
-        )
-        for user_id, channels in subscribers:
-            for channel in channels.split(","):
-                did = delivery_id(message_id, user_id, channel)
-                if did not in written:
-                    found.append(
-                        Delivery(
-                            did, message_id, user_id, channel, DeliveryStatus.QUEUED, 0,
-                            None, None, None, None, None, None, at, at, None,
-                        )
-                    )  # fmt: skip
+        ).fetchall()
+        candidates = [
+            (delivery_id(message, user_id, channel), user_id, channel)
+            for user_id, channels in subscribers
+            for channel in channels.split(",")
+        ]
+        written = existing(conn, [c[0] for c in candidates])
+        for did, user_id, channel in candidates:
+            if did not in written:
+                queued = Delivery(
+                    did, message, user_id, channel, DeliveryStatus.QUEUED, 0, None, None,
+                    None, None, None, None, at, at, None,
+                )  # fmt: skip
+                found.append((queued, category))
     return found

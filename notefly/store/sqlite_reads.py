@@ -1,15 +1,17 @@
-"""One way to read from the shared SQLite reader connection."""
+"""The ways to read from the shared SQLite reader connection."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
 from notefly.errors import StoreUnavailable
+
+T = TypeVar("T")
 
 
 async def read_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -22,6 +24,15 @@ async def read_all(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] =
     """
     with unavailable_when_failing():
         return list(await conn.execute_fetchall(sql, params))
+
+
+async def read_on(conn: aiosqlite.Connection, read: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``read`` with the connection's own ``sqlite3`` connection, on its thread, in
+    one step (as ``read_all``): for reads of several statements from one snapshot, or
+    that build their results as they go."""
+    with unavailable_when_failing():
+        raw = conn._conn  # the thread below is the only one that uses it
+        return cast(T, await conn._execute(read, raw))  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from notefly.deadletters import DeliveryFilter
 from notefly.domain import DeliveryStatus, DeliveryTask, Outcome, delivery_id
 from notefly.ports import Store
 from tests.contract.audience import (
@@ -24,6 +25,8 @@ from tests.contract.audience import (
 )
 from tests.contract.conftest import Backend
 from tests.contract.test_erasure_contract import where_found
+
+QUEUED = DeliveryFilter(status=DeliveryStatus.QUEUED)
 
 
 def sent(task: DeliveryTask) -> Outcome:
@@ -200,3 +203,40 @@ async def test_a_page_in_hand_outlives_its_node_across_a_restart(
     await reopened.release("n1")  # what a starting node does first
     taken = await take_over(reopened, "n1")
     assert sorted(t.id for t in taken) == sorted(t.id for t in tasks[1:])
+
+
+async def test_the_operators_listing_of_queued_deliveries_shows_those_in_hand(
+    store: Store, clock: FakeClock
+) -> None:
+    tasks = await planned(store)
+    clock.advance(5)
+    await store.record_outcomes([sent(tasks[0])])
+    waiting = {t.id for t in tasks[1:]}
+
+    queued = [e.delivery for e in await store.find_deliveries(QUEUED, 100, None)]
+    assert {d.id for d in queued} == waiting
+    assert {d.status for d in queued} == {DeliveryStatus.QUEUED}
+    everything = await store.find_deliveries(DeliveryFilter(), 100, None)
+    assert {e.delivery.id for e in everything} == {t.id for t in tasks} | set(skipped_ids())
+    assert {e.category_id for e in everything} == {"sports"}
+    # Narrowed and paged like stored rows: by channel, category, time and cursor.
+    sms = await store.find_deliveries(DeliveryFilter(DeliveryStatus.QUEUED, "sms"), 100, None)
+    assert {e.delivery.id for e in sms} == {t.id for t in tasks[1:] if t.channel == "sms"}
+    assert (
+        await store.find_deliveries(
+            DeliveryFilter(DeliveryStatus.QUEUED, category="movies"), 100, None
+        )
+        == []
+    )
+    later = DeliveryFilter(DeliveryStatus.QUEUED, since=clock.now())
+    assert await store.find_deliveries(later, 100, None) == []
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await store.find_deliveries(QUEUED, 2, after)
+        if not page:
+            break
+        assert len(page) <= 2
+        seen += [e.delivery.id for e in page]
+        after = page[-1].cursor
+    assert sorted(seen) == sorted(waiting)
