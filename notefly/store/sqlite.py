@@ -67,9 +67,10 @@ from notefly.store.sqlite_flight import (
     Held,
     existing,
     held_row,
-    in_flight,
     insert_held,
+    page_deliveries,
     page_key,
+    pages_in_flight,
 )
 from notefly.store.sqlite_keys import SqliteKeys
 from notefly.store.sqlite_ops import SqliteOpsMixin
@@ -507,7 +508,7 @@ class SqliteStore(
 
     async def list_deliveries(self, message_id: str) -> list[Delivery]:
         """Every delivery of the message: its rows, and those of its pages in flight
-        (queued, without a row yet: see ``sqlite_flight.in_flight``)."""
+        (queued, without a row yet: see ``sqlite_flight.page_deliveries``)."""
         await self.get_message(message_id)
 
         def read(conn: sqlite3.Connection) -> list[Delivery]:
@@ -517,10 +518,13 @@ class SqliteStore(
                     f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?",
                     (message_id,),
                 ).fetchall()
-                flying = in_flight(conn, message_id)
+                flying = [
+                    d for page in pages_in_flight(conn, message_id)
+                    for d in page_deliveries(conn, page)
+                ]  # fmt: skip
             finally:
                 conn.execute("COMMIT")
-            return [delivery(row, _dt) for row in rows] + [d for d, _ in flying]
+            return [delivery(row, _dt) for row in rows] + flying
 
         listed = await self._read_sync(read)
         return sorted(listed, key=lambda d: (d.user_id, d.channel))

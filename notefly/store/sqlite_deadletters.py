@@ -19,7 +19,7 @@ from notefly.deadletters import DeliveryCursor, DeliveryFilter, ListedDelivery
 from notefly.domain import Delivery, DeliveryStatus, DeliveryTask
 from notefly.ports import Clock
 from notefly.store.rows import DELIVERY_COLUMNS, delivery
-from notefly.store.sqlite_flight import in_flight
+from notefly.store.sqlite_flight import page_deliveries, pages_in_flight
 from notefly.store.sqlite_reads import read_all, read_on
 from notefly.store.sqlite_rows import _TASK_QUERY, _dt, _tasks
 from notefly.store.writer import GroupCommitWriter
@@ -33,6 +33,39 @@ _CHUNK = 500  # ids per IN (...) list, well under SQLite's limit of variables
 def _stamp(value: datetime) -> str:
     # Stored timestamps are ISO 8601 in UTC; in that form text order is time order.
     return value.astimezone(UTC).isoformat()
+
+
+def _with_pages_in_flight(
+    conn: sqlite3.Connection,
+    listed: list[ListedDelivery],
+    where: DeliveryFilter,
+    limit: int,
+    after: DeliveryCursor | None,
+) -> list[ListedDelivery]:
+    """``listed`` (the first ``limit`` matching rows) merged with the matching queued
+    deliveries of pages in flight, and cut to ``limit`` again. All of a page's have its
+    time, and the pages are read newest first: only as long as they can still make the
+    cut (a listing reads the newest page or two, not all of them)."""
+
+    def key(entry: ListedDelivery) -> tuple[datetime, str]:
+        return entry.delivery.updated_at, entry.delivery.id
+
+    for page in pages_in_flight(conn):
+        at = page.created_at
+        if len(listed) >= limit and at < key(listed[limit - 1])[0]:
+            break  # this page's and every older one's come after the cut
+        if (where.category is not None and page.category_id != where.category) or (
+            after is not None and at > after.updated_at
+        ):
+            continue
+        listed += [
+            ListedDelivery(d, page.category_id)
+            for d in page_deliveries(conn, page)
+            if _matches(d, page.category_id, where, after)
+        ]
+        listed.sort(key=key, reverse=True)
+        del listed[limit:]
+    return listed
 
 
 def _matches(
@@ -90,7 +123,7 @@ class SqliteDeadLetters:
         self, where: DeliveryFilter, limit: int, after: DeliveryCursor | None
     ) -> list[ListedDelivery]:
         """Matching deliveries, latest update first; queued ones include those of
-        pages in flight (``sqlite_flight.in_flight``), in the same order."""
+        pages in flight (``sqlite_flight.page_deliveries``), in the same order."""
         clause, params = matching(where, after, where.status)
         sql = f"SELECT {_COLUMNS}, m.category_id {_FROM}{clause} {_ORDER} LIMIT ?"
         if where.status not in (None, DeliveryStatus.QUEUED):
@@ -101,17 +134,10 @@ class SqliteDeadLetters:
             conn.execute("BEGIN")  # the rows and the pages from one snapshot
             try:
                 rows = conn.execute(sql, [*params, limit]).fetchall()
-                flying = in_flight(conn)
+                listed = [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
+                return _with_pages_in_flight(conn, listed, where, limit, after)
             finally:
                 conn.execute("COMMIT")
-            listed = [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
-            listed += [
-                ListedDelivery(d, category)
-                for d, category in flying
-                if _matches(d, category, where, after)
-            ]
-            listed.sort(key=lambda e: (e.delivery.updated_at, e.delivery.id), reverse=True)
-            return listed[:limit]
 
         return await read_on(self._reader, read)
 

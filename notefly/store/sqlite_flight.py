@@ -127,38 +127,47 @@ def existing(conn: sqlite3.Connection, ids: Iterable[str]) -> set[str]:
     return found
 
 
-def in_flight(
-    conn: sqlite3.Connection, message_id: str | None = None
-) -> list[tuple[Delivery, str]]:
-    """The deliveries of pages in flight (of one message, or of all) that have no row
-    yet, with their message's category: queued, as the counts show them. Read from the
-    pages' ranges of the audience as it is now; a channel a user added since the page
-    was planned is listed until the page is over, though it is not on its way."""
-    found = []
-    pages = conn.execute(
+class PageInFlight(NamedTuple):
+    message_id: str
+    after_user: str
+    last_user: str
+    created_at: datetime
+    category_id: str
+
+
+def pages_in_flight(conn: sqlite3.Connection, message_id: str | None = None) -> list[PageInFlight]:
+    """The pages in flight (of one message, or of all), newest first."""
+    rows = conn.execute(
         "SELECT p.message_id, p.after_user, p.last_user, p.created_at, m.category_id"
         " FROM fanout_pages p JOIN messages m ON m.id = p.message_id"
-        " WHERE ? IS NULL OR p.message_id = ? ORDER BY p.message_id, p.after_user",
+        " WHERE ? IS NULL OR p.message_id = ? ORDER BY p.created_at DESC, p.rowid DESC",
         (message_id, message_id),
     ).fetchall()
-    for message, after, last, created, category in pages:
-        at = datetime.fromisoformat(created)
-        subscribers = conn.execute(
-            "SELECT user_id, channels FROM subscriptions"
-            " WHERE category_id = ? AND user_id > ? AND user_id <= ? ORDER BY user_id",
-            (category, after, last),
-        ).fetchall()
-        candidates = [
-            (delivery_id(message, user_id, channel), user_id, channel)
-            for user_id, channels in subscribers
-            for channel in channels.split(",")
-        ]
-        written = existing(conn, [c[0] for c in candidates])
-        for did, user_id, channel in candidates:
-            if did not in written:
-                queued = Delivery(
-                    did, message, user_id, channel, DeliveryStatus.QUEUED, 0, None, None,
-                    None, None, None, None, at, at, None,
-                )  # fmt: skip
-                found.append((queued, category))
-    return found
+    return [PageInFlight(m, a, last, datetime.fromisoformat(c), cat) for m, a, last, c, cat in rows]
+
+
+def page_deliveries(conn: sqlite3.Connection, page: PageInFlight) -> list[Delivery]:
+    """The page's deliveries that have no row yet: queued, as the counts show them.
+    Read from the page's range of the audience as it is now; a channel a user added
+    since the page was planned is listed until the page is over, though it is not on
+    its way. All have the page's time as their last update."""
+    subscribers = conn.execute(
+        "SELECT user_id, channels FROM subscriptions"
+        " WHERE category_id = ? AND user_id > ? AND user_id <= ? ORDER BY user_id",
+        (page.category_id, page.after_user, page.last_user),
+    ).fetchall()
+    candidates = [
+        (delivery_id(page.message_id, user_id, channel), user_id, channel)
+        for user_id, channels in subscribers
+        for channel in channels.split(",")
+    ]
+    written = existing(conn, [c[0] for c in candidates])
+    at = page.created_at
+    return [
+        Delivery(
+            did, page.message_id, user_id, channel, DeliveryStatus.QUEUED, 0, None, None,
+            None, None, None, None, at, at, None,
+        )
+        for did, user_id, channel in candidates
+        if did not in written
+    ]  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from notefly.deadletters import DeliveryFilter
 from notefly.domain import DeliveryStatus, DeliveryTask, Outcome, Subscription, User
 from notefly.errors import NotFound
 from notefly.schedule import Throttle
@@ -21,6 +22,7 @@ from tests.contract.audience import (
     ENABLED,
     EXPECTED_QUEUED,
     EXPECTED_SKIPPED,
+    FakeClock,
     message,
 )
 from tests.integration.test_sqlite_fanout_plan import between_read_and_write, seeded
@@ -175,3 +177,30 @@ async def test_a_page_planned_again_forgets_who_left_the_audience_meanwhile(
     await store.record_outcomes([sent(t) for t in page.tasks])
     assert store._in_flight == {}
     assert pages(tmp_path / "n.db") == []
+
+
+async def test_the_operators_listing_reads_pages_in_flight_newest_first(
+    store: SqliteStore,
+) -> None:
+    """A listing is cut at its limit: the pages in flight of an older message are not
+    read while a newer page fills it, and paging on reaches them in time order."""
+    clock = store._clock
+    assert isinstance(clock, FakeClock)
+    old = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+    clock.advance(60)
+    newer = message("m2", accepted_at=clock.now())
+    await store.accept_message(newer, owner="n1")
+    new = await store.fanout_page(newer, None, 10, ENABLED, owner="n1")
+    queued = DeliveryFilter(status=DeliveryStatus.QUEUED)
+
+    first = await store.find_deliveries(queued, 3, None)
+
+    assert {e.delivery.message_id for e in first} == {"m2"}
+    seen = [e.delivery for e in first]
+    after = first[-1].cursor
+    while page := await store.find_deliveries(queued, 3, after):
+        seen += [e.delivery for e in page]
+        after = page[-1].cursor
+    assert sorted(d.id for d in seen) == sorted(t.id for t in old.tasks + new.tasks)
+    times = [d.updated_at for d in seen]
+    assert times == sorted(times, reverse=True)
