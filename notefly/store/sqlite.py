@@ -75,7 +75,7 @@ from notefly.store.sqlite_flight import (
 from notefly.store.sqlite_keys import SqliteKeys
 from notefly.store.sqlite_ops import SqliteOpsMixin
 from notefly.store.sqlite_personal import SqlitePersonalData
-from notefly.store.sqlite_reads import read_all, read_on
+from notefly.store.sqlite_reads import one_snapshot, read_all, read_on
 from notefly.store.sqlite_rows import (
     _MESSAGE_COLUMNS,
     _TASK_QUERY,
@@ -512,8 +512,7 @@ class SqliteStore(
         await self.get_message(message_id)
 
         def read(conn: sqlite3.Connection) -> list[Delivery]:
-            conn.execute("BEGIN")  # the rows and the pages from one snapshot
-            try:
+            with one_snapshot(conn):  # the rows and the pages
                 rows = conn.execute(
                     f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?",
                     (message_id,),
@@ -522,8 +521,6 @@ class SqliteStore(
                     d for page in pages_in_flight(conn, message_id)
                     for d in page_deliveries(conn, page)
                 ]  # fmt: skip
-            finally:
-                conn.execute("COMMIT")
             return [delivery(row, _dt) for row in rows] + flying
 
         listed = await self._read_sync(read)
@@ -557,7 +554,6 @@ class SqliteStore(
         any transaction may add, so a page with one is always planned inside.
         """
         enabled = set(channels)
-        hold = segment is None or segment.replay is None
         full = self._fanout_op(
             message,
             after_user,
@@ -573,15 +569,12 @@ class SqliteStore(
         after, end = page_range(after_user, segment)
 
         def read(conn: sqlite3.Connection) -> tuple[int, _PlannedPage]:
-            conn.execute("BEGIN")  # one snapshot for the version and the page
-            try:
+            with one_snapshot(conn):  # the version and the page
                 (version,) = conn.execute("SELECT n FROM audience_version").fetchone()
                 rows, registered = _read_page(conn, message.category_id, after, end, limit)
-            finally:
-                conn.execute("COMMIT")
             return version, self._plan_page(
                 message, rows, registered, after, limit, enabled, owner, {}, Counter(),
-                partitions, hold=hold,
+                partitions, hold=_may_hold(throttles, segment),
             )  # fmt: skip
 
         version, planned = await self._read_sync(read)
@@ -616,7 +609,7 @@ class SqliteStore(
         enabled = set(channels)
         throttles = throttles or {}
         after, end = page_range(after_user, segment)
-        hold = not throttles and (segment is None or segment.replay is None)
+        hold = _may_hold(throttles, segment)
 
         def op(conn: sqlite3.Connection) -> FanoutPage:
             rows, registered = _read_page(conn, message.category_id, after, end, limit)
@@ -685,11 +678,7 @@ class SqliteStore(
         ]  # fmt: skip
         done = len(rows) < limit
         last = rows[-1][0] if rows else after_user
-        flight = (
-            (page, after_user or "", last, owner, len(held), now)
-            if page is not None and held
-            else None
-        )
+        flight = (page, after_user or "", last, owner, len(held), now) if held else None
         return _PlannedPage(
             delivery_rows,
             inbox_rows,
@@ -1128,6 +1117,12 @@ class _PlannedPage:
     # The fanout_pages row when the page holds deliveries in flight, and their ids.
     flight: tuple[Any, ...] | None = None
     held: list[str] = field(default_factory=list)
+
+
+def _may_hold(throttles: Mapping[str, Throttle] | None, segment: Segment | None) -> bool:
+    """Whether a page may keep its deliveries that go out at once in flight: not with
+    a throttle (it counts rows), nor when it plans again a page that was in flight."""
+    return not throttles and (segment is None or segment.replay is None)
 
 
 def _read_page(

@@ -20,7 +20,7 @@ from notefly.domain import Delivery, DeliveryStatus, DeliveryTask
 from notefly.ports import Clock
 from notefly.store.rows import DELIVERY_COLUMNS, delivery
 from notefly.store.sqlite_flight import page_deliveries, pages_in_flight
-from notefly.store.sqlite_reads import read_all, read_on
+from notefly.store.sqlite_reads import one_snapshot, read_all, read_on
 from notefly.store.sqlite_rows import _TASK_QUERY, _dt, _tasks
 from notefly.store.writer import GroupCommitWriter
 
@@ -131,13 +131,10 @@ class SqliteDeadLetters:
             return [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
 
         def read(conn: sqlite3.Connection) -> list[ListedDelivery]:
-            conn.execute("BEGIN")  # the rows and the pages from one snapshot
-            try:
+            with one_snapshot(conn):  # the rows and the pages
                 rows = conn.execute(sql, [*params, limit]).fetchall()
                 listed = [ListedDelivery(delivery(row, _dt), row[-1]) for row in rows]
                 return _with_pages_in_flight(conn, listed, where, limit, after)
-            finally:
-                conn.execute("COMMIT")
 
         return await read_on(self._reader, read)
 

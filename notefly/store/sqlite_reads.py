@@ -36,6 +36,17 @@ async def read_on(conn: aiosqlite.Connection, read: Callable[[sqlite3.Connection
 
 
 @contextlib.contextmanager
+def one_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Inside ``read_on``: the statements inside read one snapshot of the file (a
+    transaction), not one each."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
 def unavailable_when_failing() -> Iterator[None]:
     """A read that fails because of the database, or its closed connection, raises
     ``StoreUnavailable``."""
