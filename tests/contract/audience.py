@@ -88,6 +88,14 @@ async def seed_audience(store: Store) -> None:
     await store.add_endpoint(EVE_HOOK)  # type: ignore[attr-defined]  # the AddressBook port
 
 
+async def accepted(store: Store, owner: str) -> Message:
+    """The "sports" audience seeded, and m1 accepted for ``owner`` to fan out."""
+    await seed_audience(store)
+    msg = message()
+    await store.accept_message(msg, owner=owner)
+    return msg
+
+
 async def fan_out_completely(
     store: Store,
     msg: Message,

@@ -18,9 +18,8 @@ from tests.contract.audience import (
     EXPECTED_QUEUED,
     EXPECTED_SKIPPED,
     FakeClock,
+    accepted,
     fan_out_completely,
-    message,
-    seed_audience,
     take_over,
 )
 from tests.contract.conftest import Backend
@@ -48,10 +47,7 @@ def skipped_ids() -> dict[str, str]:
 
 
 async def planned(store: Store, node: str = "n1") -> list[DeliveryTask]:
-    await seed_audience(store)
-    msg = message()
-    await store.accept_message(msg, owner=node)
-    return await fan_out_completely(store, msg, owner=node)
+    return await fan_out_completely(store, await accepted(store, node), owner=node)
 
 
 async def test_the_counts_include_the_deliveries_in_hand_until_they_are_final(
@@ -171,9 +167,7 @@ async def test_an_outcome_for_a_user_erased_meanwhile_leaves_nothing_of_them(
 async def test_erasing_the_user_a_page_in_hand_ends_with_hands_over_the_rest(
     store: Store, backend: Backend
 ) -> None:
-    await seed_audience(store)
-    msg = message()
-    await store.accept_message(msg, owner="n1")
+    msg = await accepted(store, "n1")
     first = await store.fanout_page(msg, None, 4, ("email", "sms", "webhook"), owner="n1")
     assert first.cursor == "u4"  # u1 .. u4: the page ends with Dee
 
