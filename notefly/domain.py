@@ -1,4 +1,11 @@
-"""The domain model: plain values, no I/O."""
+"""The domain model: plain values, no I/O.
+
+Values are never changed once made (``dataclasses.replace`` makes a new one). The few
+built for every delivery (``Recipient``, ``DeliveryTask``, ``Rendered``, ``Outcome``,
+and ``ports.SendResult``) are nonetheless not declared frozen: a frozen dataclass sets
+each field through ``object.__setattr__``, which made an ``Outcome`` cost 1.3 µs to
+build against 0.3 µs, on every delivery. Nothing hashes them.
+"""
 
 from __future__ import annotations
 
@@ -94,7 +101,7 @@ class Message:
     deliver_at: datetime | None = None  # scheduled: fanned out from then on
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Recipient:
     """What a delivery needs to know of its user, read together with the subscription."""
 
@@ -104,7 +111,7 @@ class Recipient:
     timezone: str = "UTC"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryTask:
     """One (message, user, channel) delivery handed to a channel shard."""
 
@@ -122,7 +129,7 @@ class DeliveryTask:
         return bool(self.items)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rendered:
     """A notification rendered for one channel, ready for a provider."""
 
@@ -134,7 +141,7 @@ class Rendered:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What became of one delivery attempt; the store records it."""
 

@@ -36,7 +36,7 @@ class IdFactory(Protocol):
     def __call__(self, prefix: str) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendResult:
     provider: str
     provider_message_id: str | None = None
