@@ -19,6 +19,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import pykka
@@ -208,7 +209,10 @@ class ChannelShard(pykka.ThreadingActor):
             # The provider never waits: one after the other in this task costs far less
             # than a task per delivery, and ends as soon.
             bind = log.is_enabled_for(logging.INFO)  # its records are info events
-            outcomes = [await self._send_one(task, r, tally, bind=bind) for task, r in batch]
+            # One clock reading stamps the round's sends: they follow one another within
+            # a few milliseconds, and the store then formats one time, not one a row.
+            at = self._clock.now()
+            outcomes = [await self._send_one(task, r, tally, bind=bind, at=at) for task, r in batch]
         else:
             outcomes = await asyncio.gather(
                 *(self._send_one(task, r, tally, bind=True) for task, r in batch)
@@ -247,11 +251,18 @@ class ChannelShard(pykka.ThreadingActor):
                 delay = min(delay * 2, 5.0)
 
     async def _send_one(
-        self, task: DeliveryTask, rendered: Rendered | Exception, tally: _Tally, *, bind: bool
+        self,
+        task: DeliveryTask,
+        rendered: Rendered | Exception,
+        tally: _Tally,
+        *,
+        bind: bool,
+        at: datetime | None = None,
     ) -> Outcome:
+        """``at``: when a delivery sent counts as sent (default: when its send returns)."""
         started = self._monotonic()
         try:
-            outcome = await self._attempt(task, rendered, bind=bind)
+            outcome = await self._attempt(task, rendered, bind=bind, at=at)
             latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
             if outcome.status is DeliveryStatus.QUEUED:
                 # Decide the wait now, so the store keeps it (not_before) for whichever
@@ -275,7 +286,12 @@ class ChannelShard(pykka.ThreadingActor):
         return outcome
 
     async def _attempt(
-        self, task: DeliveryTask, rendered: Rendered | Exception, *, bind: bool
+        self,
+        task: DeliveryTask,
+        rendered: Rendered | Exception,
+        *,
+        bind: bool,
+        at: datetime | None = None,
     ) -> Outcome:
         # Every event about a delivery names it. Without ``bind`` (a provider that logs
         # nothing at the configured level), only the paths that do log bind.
@@ -342,7 +358,7 @@ class ChannelShard(pykka.ThreadingActor):
             rendered.to,
             rendered.subject,
             rendered.text,
-            at=self._clock.now(),
+            at=at or self._clock.now(),
         )
 
     def _failed(

@@ -697,9 +697,11 @@ class SqliteStore(
         rows: list[tuple[Any, ...]] = []
         in_flight = self._in_flight
         inserted = []
+        last_at, stamp = None, ""
         for o in outcomes:
             at = o.at or now
-            stamp = at.isoformat()  # about 0.8 us each: once a row
+            if at is not last_at:  # about 0.8 us each; a round's sends share one time
+                last_at, stamp = at, at.isoformat()
             status = o.status
             retrying = status is DeliveryStatus.QUEUED
             not_before = at + timedelta(seconds=o.retry_after or 0) if retrying else None
