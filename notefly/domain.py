@@ -207,8 +207,7 @@ def delivery_id(message_id: str, user_id: str, channel: str) -> str:
     a random page of indexes that grow to millions of rows: a commit of 500 users of a
     broadcast rewrote about 1,800 pages, against 120 in this order.
     """
-    digest = hashlib.blake2b(f"{message_id}:{user_id}:{channel}".encode(), digest_size=12)
-    return "d_" + ordered_key(message_id) + ordered_key(user_id) + digest.hexdigest()
+    return AudienceIds(message_id).delivery(user_id, channel)
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -236,5 +235,28 @@ def digest_id(user_id: str, channel: str, first_item: str) -> str:
 
 def notification_id(message_id: str, user_id: str) -> str:
     """Stable like ``delivery_id`` and, like it, in the order a fan-out writes."""
-    digest = hashlib.blake2b(f"{message_id}:{user_id}".encode(), digest_size=12)
-    return "n_" + ordered_key(message_id) + ordered_key(user_id) + digest.hexdigest()
+    return AudienceIds(message_id).notification(user_id)
+
+
+class AudienceIds:
+    """``delivery_id`` and ``notification_id`` for the audience of one message, with
+    the message's key taken once: a fan-out page makes thousands of them, and the keys
+    were a third of each id's cost (1.06 µs). ``user_key`` is ``ordered_key(user_id)``,
+    for a caller that makes several ids of one user."""
+
+    __slots__ = ("_delivery", "_message_id", "_notification")
+
+    def __init__(self, message_id: str) -> None:
+        key = ordered_key(message_id)
+        self._message_id = message_id
+        self._delivery = "d_" + key
+        self._notification = "n_" + key
+
+    def delivery(self, user_id: str, channel: str, user_key: str | None = None) -> str:
+        digest = hashlib.blake2b(f"{self._message_id}:{user_id}:{channel}".encode(), digest_size=12)
+        key = ordered_key(user_id) if user_key is None else user_key
+        return self._delivery + key + digest.hexdigest()
+
+    def notification(self, user_id: str) -> str:
+        digest = hashlib.blake2b(f"{self._message_id}:{user_id}".encode(), digest_size=12)
+        return self._notification + ordered_key(user_id) + digest.hexdigest()

@@ -16,13 +16,14 @@ from typing import NamedTuple
 from notefly.addresses import EndpointKind, channel_address, needs_address
 from notefly.domain import (
     ADDRESS_NAMES,
+    AudienceIds,
     DeliveryStatus,
     DeliveryTask,
     Message,
     Priority,
     Recipient,
     User,
-    delivery_id,
+    ordered_key,
     partition_of,
 )
 from notefly.policy import AT_ONCE, plan_delivery
@@ -85,8 +86,10 @@ def plan_page(
     # A page holds a handful of distinct schedules and quiet hours: decode each once.
     schedules: dict[str, Schedule] = {}
     quiets: dict[str, QuietHours] = {}
+    ids = AudienceIds(message.id)
     for sub in subscribers:
         user = sub.user
+        user_key = ordered_key(user.id)
         schedule = schedules.get(sub.schedule)
         if schedule is None:
             schedule = schedules[sub.schedule] = Schedule.decode(sub.schedule)
@@ -98,7 +101,7 @@ def plan_page(
         collected = not schedule.immediate and message.priority is not Priority.URGENT
         plan.via.append("digest" if collected else None)
         for channel in sub.channels:
-            did = delivery_id(message.id, user.id, channel)
+            did = ids.delivery(user.id, channel, user_key)
             address = channel_address(user, channel, registered.get(user.id, {}))
             reason = None
             if channel not in enabled:

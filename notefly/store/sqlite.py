@@ -24,6 +24,7 @@ import structlog
 
 from notefly.addresses import EndpointKind
 from notefly.domain import (
+    AudienceIds,
     Category,
     Delivery,
     DeliveryStatus,
@@ -35,7 +36,6 @@ from notefly.domain import (
     Subscription,
     User,
     digest_id,
-    notification_id,
 )
 from notefly.errors import Conflict, NotFound
 from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
@@ -669,11 +669,11 @@ class SqliteStore(
                 (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient,
                  d.error, now, d.owner, d.mode, _ts(d.not_before), d.note, now)
             )  # fmt: skip
+        ids = AudienceIds(message.id)
+        accepted_at = message.accepted_at.isoformat()  # stable across a re-run fan-out
         inbox_rows = [
-            (notification_id(message.id, r[0]), r[0], message.id, message.category_id,
-             message.title, message.body, message.priority.value,
-             message.accepted_at.isoformat(),  # stable across a re-run fan-out
-             via)
+            (ids.notification(r[0]), r[0], message.id, message.category_id,
+             message.title, message.body, message.priority.value, accepted_at, via)
             for r, via in zip(rows, plan.via, strict=True)
         ]  # fmt: skip
         done = len(rows) < limit

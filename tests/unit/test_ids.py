@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from notefly.clock import SortableIds
-from notefly.domain import delivery_id, notification_id, ordered_key
+from notefly.domain import AudienceIds, delivery_id, notification_id, ordered_key
 
 
 class SteppingClock:
@@ -49,3 +49,23 @@ def test_ids_of_other_shapes_stay_plain_tokens() -> None:
     assert ordered_key("a/b c") == ""
     made = delivery_id("m<1>", "bob@example.org", "email")
     assert made.startswith("d_") and made[2:].isalnum()
+
+
+def test_ids_stay_what_earlier_versions_made() -> None:
+    # Stored rows keep these ids: a fan-out run again after an upgrade must make the
+    # same ones, or it would insert every delivery a second time.
+    message, user = "msg_0A1B2C3D4E5F6G7H8J9K", "usr_0A1B2C3D4E5"
+    assert delivery_id(message, user, "sms") == (
+        "d_0A1B2C3D4E5F6G70A1B2C3D4E51f26267d6c866ecef5e41a57"
+    )
+    assert notification_id(message, "x y") == "n_0A1B2C3D4E5F6G76949f0e12fb14f13a2d835f8"
+
+
+def test_an_audience_makes_the_ids_one_at_a_time_would() -> None:
+    ids = AudienceIds("msg_0A1B2C3D4E5F6G7H8J9K")
+    for user in ("usr_0A1B2C3D4E5", "u0000042", "bob@example.org"):
+        for channel in ("sms", "email", "push"):
+            expected = delivery_id("msg_0A1B2C3D4E5F6G7H8J9K", user, channel)
+            assert ids.delivery(user, channel) == expected
+            assert ids.delivery(user, channel, ordered_key(user)) == expected
+        assert ids.notification(user) == notification_id("msg_0A1B2C3D4E5F6G7H8J9K", user)
