@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from notefly.config import Settings
 from tests.e2e.conftest import NoteflyProcess, free_port
 from tests.e2e.helpers import publish
 from tests.integration.opsbroker import parse_metrics, sample
@@ -74,8 +75,10 @@ def test_a_scrape_of_one_worker_counts_every_worker(two_brokers: list[NoteflyPro
     def shards(s: Samples) -> float:
         return sample(s, "notefly_actor_shards")
 
+    per_worker = 3 * Settings().shards_per_channel  # sms, email and push
+
     for url in (first.urls["broker"], second.urls["broker"]):
-        seen = scrape_until(url, lambda s: accepted(s) == 5 and shards(s) == 24)
+        seen = scrape_until(url, lambda s: accepted(s) == 5 and shards(s) == 2 * per_worker)
         published = sample(
             seen,
             "notefly_http_request_duration_seconds_count",
@@ -88,6 +91,6 @@ def test_a_scrape_of_one_worker_counts_every_worker(two_brokers: list[NoteflyPro
 
     # A worker that stops takes its live gauges along; what it counted stays.
     assert second.stop() == 0
-    seen = scrape_until(first.urls["broker"], lambda s: shards(s) == 12)
+    seen = scrape_until(first.urls["broker"], lambda s: shards(s) == per_worker)
     assert accepted(seen) == 5
     assert first.stop() == 0

@@ -51,7 +51,7 @@ async def test_counters_move_when_messages_are_delivered(broker: OpsBroker):
     )
     assert published == 2
     assert sample(after, "notefly_deliveries_queued") == 0
-    assert sample(after, "notefly_actor_shards") == 12  # 3 channels x 4 shards
+    assert sample(after, "notefly_actor_shards") == 3  # 3 channels x 1 shard
     assert sample(after, "notefly_actor_pending_deliveries") == 0
 
 

@@ -61,7 +61,7 @@ async def test_status_reports_health_work_and_recent_messages(broker: OpsBroker)
     assert body["service"] == "broker" and body["ready"] is True
     assert {c["name"] for c in body["checks"]} == {"store", "migrations", "actors"}
     assert body["work"] == {"queued": 0, "failed": 0, "in_actors": 0}
-    assert body["actors"]["shard_actors"] == 12
+    assert body["actors"]["shard_actors"] == 3  # sms, email and push, one shard each
     recent = body["recent_messages"][0]
     assert (recent["id"], recent["status"], recent["deliveries"]) == (
         message_id,

@@ -160,9 +160,9 @@ def test_proc_stat_fields_after_a_name_with_spaces_and_parentheses():
 
 def test_thread_bound_follows_configuration_not_users():
     small = thread_bound(Settings(), categories=1, cpus=2)
-    assert small == 4 * 3 + 1 + 6 + 8
+    assert small == 1 * 3 + 1 + 6 + 8  # a shard for each of 3 channels, 1 category
     more_shards = thread_bound(Settings(shards_per_channel=8), categories=1, cpus=2)
-    assert more_shards - small == 4 * 3
+    assert more_shards - small == 7 * 3
 
 
 def test_channel_choice_gives_one_to_three_channels_two_on_average():

@@ -64,6 +64,11 @@ def thread_bound(settings: Settings, categories: int, cpus: int) -> int:
     return shards + categories + min(32, cpus + 4) + FIXED_THREADS
 
 
+def _shards(settings: Settings) -> str:
+    count = settings.shards_per_channel
+    return f"{count} shard" if count == 1 else f"{count} shards"
+
+
 async def run(bench: Bench) -> Result:
     small = await _broadcast(bench, bench.sizes.scale_small, until=time.monotonic() + 240)
     bench.say(_line(small))
@@ -99,7 +104,7 @@ async def run(bench: Bench) -> Result:
             "",
             threads[1],
             detail=f"{_size(small.audience)}: {max(small.threads.values(), default=0)};"
-            f" bound: {settings.shards_per_channel} shards x {len(settings.channels)} channels"
+            f" bound: {len(settings.channels)} channels x {_shards(settings)}"
             f" + executor + fixed",
             reason="no process was sampled",
         )
