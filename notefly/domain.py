@@ -207,7 +207,8 @@ def delivery_id(message_id: str, user_id: str, channel: str) -> str:
     a random page of indexes that grow to millions of rows: a commit of 500 users of a
     broadcast rewrote about 1,800 pages, against 120 in this order.
     """
-    return AudienceIds(message_id).delivery(user_id, channel)
+    key = ordered_key(message_id)
+    return _delivery_id("d_" + key, message_id, user_id, ordered_key(user_id), channel)
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -235,7 +236,17 @@ def digest_id(user_id: str, channel: str, first_item: str) -> str:
 
 def notification_id(message_id: str, user_id: str) -> str:
     """Stable like ``delivery_id`` and, like it, in the order a fan-out writes."""
-    return AudienceIds(message_id).notification(user_id)
+    return _notification_id("n_" + ordered_key(message_id), message_id, user_id)
+
+
+def _delivery_id(head: str, message_id: str, user_id: str, user_key: str, channel: str) -> str:
+    digest = hashlib.blake2b(f"{message_id}:{user_id}:{channel}".encode(), digest_size=12)
+    return head + user_key + digest.hexdigest()
+
+
+def _notification_id(head: str, message_id: str, user_id: str) -> str:
+    digest = hashlib.blake2b(f"{message_id}:{user_id}".encode(), digest_size=12)
+    return head + ordered_key(user_id) + digest.hexdigest()
 
 
 class AudienceIds:
@@ -253,10 +264,8 @@ class AudienceIds:
         self._notification = "n_" + key
 
     def delivery(self, user_id: str, channel: str, user_key: str | None = None) -> str:
-        digest = hashlib.blake2b(f"{self._message_id}:{user_id}:{channel}".encode(), digest_size=12)
         key = ordered_key(user_id) if user_key is None else user_key
-        return self._delivery + key + digest.hexdigest()
+        return _delivery_id(self._delivery, self._message_id, user_id, key, channel)
 
     def notification(self, user_id: str) -> str:
-        digest = hashlib.blake2b(f"{self._message_id}:{user_id}".encode(), digest_size=12)
-        return self._notification + ordered_key(user_id) + digest.hexdigest()
+        return _notification_id(self._notification, self._message_id, user_id)
