@@ -1156,7 +1156,8 @@ def _write_page(
     conn: sqlite3.Connection, message_id: str, planned: _PlannedPage, segment: Segment | None
 ) -> FanoutPage:
     page = planned.page
-    if segment is not None and segment.replay is not None:
+    replay = segment.replay if segment is not None else None
+    if replay is not None:
         # A page in flight of a node that died, planned again: what has a row by now
         # was sent, or is queued for whoever claims it.
         sent = existing(conn, [task.id for task in page.tasks])
@@ -1180,9 +1181,9 @@ def _write_page(
             " created_at, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (*planned.flight, message_id),
         )
-    if segment is not None and segment.replay is not None:
+    if replay is not None:
         if page.done:
-            conn.execute("DELETE FROM fanout_pages WHERE id = ?", (segment.replay,))
+            conn.execute("DELETE FROM fanout_pages WHERE id = ?", (replay,))
         return page
     if segment is None:
         conn.execute(
