@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from notefly.domain import Delivery, DeliveryStatus, Outcome, delivery_id
+from notefly.domain import AudienceIds, Delivery, DeliveryStatus, Outcome
 from notefly.store.writer import ROWS_PER_STATEMENT, write_rows
 
 # The users a page in flight names, and what each may not step back below when that
@@ -156,8 +156,9 @@ def page_deliveries(conn: sqlite3.Connection, page: PageInFlight) -> list[Delive
         " WHERE category_id = ? AND user_id > ? AND user_id <= ? ORDER BY user_id",
         (page.category_id, page.after_user, page.last_user),
     ).fetchall()
+    ids = AudienceIds(page.message_id)
     candidates = [
-        (delivery_id(page.message_id, user_id, channel), user_id, channel)
+        (ids.delivery(user_id, channel), user_id, channel)
         for user_id, channels in subscribers
         for channel in channels.split(",")
     ]
