@@ -231,6 +231,18 @@ def test_override_dir_beats_the_packaged_template(tmp_path: Path) -> None:
     assert renderer.render("sms", finance, recipient()).text == "FIN: Up 3%"
 
 
+def test_templates_keep_jinja2_default_globals(tmp_path: Path) -> None:
+    # A template's globals are a copy of the environment's taken when it loads.
+    (tmp_path / "sms").mkdir()
+    (tmp_path / "sms" / "default.txt").write_text(
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}"
+        "{% endfor %}{{ ns.n }} {{ cycler('a', 'b').next() }}",
+        encoding="utf-8",
+    )
+    renderer = TemplateRenderer(build_environment([tmp_path]))
+    assert renderer.render("sms", message(), recipient()).text == "3 a"
+
+
 def test_included_templates_are_read_once_per_process(tmp_path: Path) -> None:
     # An email body renders per recipient and extends its layout each time: the
     # layout is loaded once, not looked up on disk again at every render.
