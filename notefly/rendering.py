@@ -13,7 +13,7 @@ template, from its source and every template it extends, includes or imports.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -157,6 +157,20 @@ def _blank_none(value: Any) -> Any:
     return "" if value is None else value
 
 
+# An SMS text's cost, by text: a text shared by a message's recipients is counted once.
+_sms_cost = functools.lru_cache(maxsize=256)(sms_segments)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one channel renders one category: its parts and their templates, the parts
+    rendered once per message (``shared``), and those templates (the cache's version)."""
+
+    templates: tuple[tuple[str, jinja2.Template], ...]
+    shared: frozenset[str]
+    version: tuple[jinja2.Template, ...]
+
+
 class TemplateRenderer:
     """Renders messages for a channel and a recipient.
 
@@ -172,6 +186,7 @@ class TemplateRenderer:
         self._templates: dict[tuple[str, str, str], jinja2.Template] = {}
         # Templates whose output cannot depend on the recipient, decided when resolved.
         self._shared: set[jinja2.Template] = set()
+        self._plans: dict[tuple[str, str], _Plan] = {}  # by (channel, category)
         self._messages = _MessageParts(message_cache_size)
 
     def template(self, channel: str, category_id: str, part: str) -> jinja2.Template:
@@ -211,33 +226,41 @@ class TemplateRenderer:
         Raises:
             ConfigurationError: a template the channel needs is missing.
         """
-        templates = {
-            part: self.template(channel, message.category_id, part) for part in _parts(channel)
-        }
-        context = _context(message, recipient)
-        shared = [part for part, template in templates.items() if template in self._shared]
-        out = self._message_parts(channel, message, templates, shared, context) if shared else {}
-        for part, template in templates.items():
+        plan = self._plan(channel, message.category_id)
+        context = None
+        out: dict[str, str] = {}
+        if plan.shared:
+            key = (channel, message.id)
+            found = self._messages.get(key, message, plan.version)
+            if found is None:
+                # A part that raises is not kept: each of its deliveries fails on its own.
+                context = _context(message, recipient)
+                found = {
+                    part: template.render(context).strip()
+                    for part, template in plan.templates
+                    if part in plan.shared
+                }
+                self._messages.put(key, message, plan.version, found)
+            out.update(found)
+        for part, template in plan.templates:
             if part not in out:
+                if context is None:  # only parts that read the recipient need one
+                    context = _context(message, recipient)
                 out[part] = template.render(context).strip()
         return self._finish(channel, out, recipient, message.category_id)
 
-    def _message_parts(
-        self,
-        channel: str,
-        message: Message,
-        templates: dict[str, jinja2.Template],
-        shared: list[str],
-        context: dict[str, Any],
-    ) -> dict[str, str]:
-        # The templates are part of what is compared: a new template renders anew.
-        version = tuple(templates[part] for part in shared)
-        found = self._messages.get((channel, message.id), message, version)
-        if found is None:
-            # A part that raises is not kept: each of its deliveries fails on its own.
-            found = {part: templates[part].render(context).strip() for part in shared}
-            self._messages.put((channel, message.id), message, version, found)
-        return dict(found)
+    def _plan(self, channel: str, category_id: str) -> _Plan:
+        """The templates of a channel and a category, resolved once and kept."""
+        plan = self._plans.get((channel, category_id))
+        if plan is None:
+            templates = tuple(
+                (part, self.template(channel, category_id, part)) for part in _parts(channel)
+            )
+            shared = [(p, t) for p, t in templates if t in self._shared]
+            # The templates are part of what the cache compares: a new one renders anew.
+            made = _Plan(templates, frozenset(p for p, _ in shared), tuple(t for _, t in shared))
+            plan = self._plans.setdefault((channel, category_id), made)
+        return plan
 
     def render_digest(
         self, channel: str, items: Sequence[Message], recipient: Recipient
@@ -259,7 +282,7 @@ class TemplateRenderer:
     ) -> Rendered:
         to = recipient.address or ""
         if channel == "sms":
-            cost = sms_segments(out["txt"])
+            cost = _sms_cost(out["txt"])
             meta = {
                 "encoding": cost.encoding,
                 "segments": cost.segments,
@@ -331,8 +354,11 @@ class _MessageParts:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        with contextlib.suppress(KeyError):  # evicted meanwhile: still a valid entry
+        # Not contextlib.suppress: a context manager per render costs more than the lookup.
+        try:  # noqa: SIM105
             self._entries.move_to_end(key)
+        except KeyError:  # evicted meanwhile: still a valid entry
+            pass
         kept, kept_version, parts = entry
         # An id names one message, but compare anyway: a stale entry must never be sent.
         if kept_version != version or (kept is not message and kept != message):

@@ -243,6 +243,19 @@ def test_templates_keep_jinja2_default_globals(tmp_path: Path) -> None:
     assert renderer.render("sms", message(), recipient()).text == "3 a"
 
 
+def test_sms_cost_is_each_recipients_own_text(tmp_path: Path) -> None:
+    # The cost is kept per text: recipients whose text differs get their own.
+    (tmp_path / "sms").mkdir()
+    (tmp_path / "sms" / "default.txt").write_text("Hi {{ name }}: {{ body }}", encoding="utf-8")
+    renderer = TemplateRenderer(build_environment([tmp_path]))
+    ada = renderer.render("sms", message(), Recipient("u_1", "Ada", "+15550100"))
+    zoe = renderer.render("sms", message(), Recipient("u_2", "Zoë ✓", "+15550101"))
+    ada_again = renderer.render("sms", message(), Recipient("u_3", "Ada", "+15550102"))
+    assert ada.meta == {"encoding": "GSM-7", "segments": 1, "characters": 35}
+    assert zoe.meta == {"encoding": "UCS-2", "segments": 1, "characters": 37}
+    assert ada_again.meta == ada.meta and ada_again.meta is not ada.meta
+
+
 def test_included_templates_are_read_once_per_process(tmp_path: Path) -> None:
     # An email body renders per recipient and extends its layout each time: the
     # layout is loaded once, not looked up on disk again at every render.
