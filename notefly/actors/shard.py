@@ -45,11 +45,24 @@ class Entity:
 
 @dataclass(frozen=True, slots=True)
 class ShardSettings:
+    """``full_rounds_in_flight``: what a shard may have handed to the event loop and not
+    heard back about, in full rounds' worth of deliveries (what a crash could have sent
+    without its record: sent again). ``max_rounds_in_flight``: in how many rounds, full
+    or not. A round is heard back about once its outcomes are committed. Under sparse
+    load rounds hold a delivery or two; counted in rounds alone, four of those filled
+    the shard, and each new delivery waited for a commit before it was even rendered."""
+
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
     round_size: int = 256
-    max_rounds_in_flight: int = 4
+    full_rounds_in_flight: int = 4
+    max_rounds_in_flight: int = 32
     send_timeout_seconds: float = 30.0
+
+    @property
+    def max_in_flight(self) -> int:
+        """Deliveries a shard may have in flight at once."""
+        return self.full_rounds_in_flight * self.round_size
 
 
 def _round_done(
@@ -91,6 +104,7 @@ class ChannelShard(pykka.ThreadingActor):
         self.entities: dict[str, Entity] = {}
         self._ready: deque[Entity] = deque()
         self._rounds_in_flight = 0
+        self._in_flight = 0  # deliveries of those rounds
 
     # -- messages -------------------------------------------------------------------
 
@@ -111,6 +125,7 @@ class ChannelShard(pykka.ThreadingActor):
             "entities": len(self.entities),
             "pending": sum(len(e.pending) for e in self.entities.values()),
             "rounds_in_flight": self._rounds_in_flight,
+            "in_flight": self._in_flight,
         }
 
     def _enqueue(self, tasks: Sequence[DeliveryTask]) -> None:
@@ -124,14 +139,19 @@ class ChannelShard(pykka.ThreadingActor):
 
     def _pump(self) -> None:
         """Start rounds while there is work and room for it."""
-        while self._ready and self._rounds_in_flight < self._settings.max_rounds_in_flight:
+        settings = self._settings
+        room = settings.max_in_flight - self._in_flight
+        while self._ready and room > 0 and self._rounds_in_flight < settings.max_rounds_in_flight:
             batch: list[tuple[DeliveryTask, Rendered | Exception]] = []
-            while self._ready and len(batch) < self._settings.round_size:
+            size = min(settings.round_size, room)
+            while self._ready and len(batch) < size:
                 entity = self._ready.popleft()
                 entity.busy = True
                 task = entity.pending[0]
                 batch.append((task, self._render(task)))
             self._rounds_in_flight += 1
+            self._in_flight += len(batch)
+            room -= len(batch)
             tasks = tuple(task for task, _ in batch)
             self._bridge.pipe(self._send_round(batch), self.actor_ref, _round_done(tasks))
 
@@ -147,6 +167,7 @@ class ChannelShard(pykka.ThreadingActor):
 
     def _round_done(self, done: RoundDone) -> None:
         self._rounds_in_flight -= 1
+        self._in_flight -= len(done.tasks)
         future = done.result
         error = concurrent.futures.CancelledError() if future.cancelled() else future.exception()
         outcomes: dict[str, Outcome] = {} if error else {o.delivery_id: o for o in future.result()}

@@ -38,10 +38,10 @@ PUBLISHERS = 8
 KILLS = 4
 SHARDS = 2
 ROUND_SIZE = 16
-ROUNDS_IN_FLIGHT = 4  # ShardSettings.max_rounds_in_flight
+FULL_ROUNDS_IN_FLIGHT = 4  # ShardSettings.full_rounds_in_flight
 CHANNELS = ("sms", "webhook")
 # What one channel can have handed to its provider and not recorded when a kill lands.
-IN_FLIGHT_PER_CHANNEL = SHARDS * ROUNDS_IN_FLIGHT * ROUND_SIZE
+IN_FLIGHT_PER_CHANNEL = SHARDS * FULL_ROUNDS_IN_FLIGHT * ROUND_SIZE
 DRAIN_SECONDS = 120.0
 
 
