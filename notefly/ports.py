@@ -187,6 +187,10 @@ class Accepted:
     page: FanoutPage | None
 
 
+# Called with what a publish committed, as soon as it is committed (Store.accept_with_page).
+OnCommit = Callable[[Accepted], None]
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryCounts:
     fanout_done: bool
@@ -218,10 +222,17 @@ class Store(Protocol):
     async def accept_message(
         self, message: Message, *, owner: str | None = None
     ) -> tuple[Message, bool]: ...
-    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+    async def accept_with_page(
+        self, message: Message, request: PageRequest, *, on_commit: OnCommit | None = None
+    ) -> Accepted:
         """``accept_message`` with the first page of its fan-out in the same transaction
         (``fanout_page`` from the start, for ``request.owner``). A page that fails is
-        rolled back alone: the message is still accepted, with ``page`` None."""
+        rolled back alone: the message is still accepted, with ``page`` None.
+
+        ``on_commit``: called with the result once committed, before this returns,
+        on whichever thread committed it (it must be thread-safe and must not block):
+        the page's deliveries can leave without waiting for the caller's event loop.
+        If it raises, this raises that error; the message stays committed."""
         ...
 
     async def get_message(self, message_id: str) -> Message: ...

@@ -25,6 +25,7 @@ from notefly.domain import (
 )
 from notefly.errors import InvalidInput, Overloaded
 from notefly.ports import (
+    Accepted,
     Clock,
     DeliveryCounts,
     FanoutPage,
@@ -47,7 +48,8 @@ class Dispatcher(Protocol):
         ...
 
     def publish(self, message: Message, first: FanoutPage | None = None) -> None:
-        """Start delivering a committed message, whose ``first`` page may be planned."""
+        """Start delivering a committed message, whose ``first`` page may be planned.
+        Thread-safe: it may be called on the thread that committed the message."""
         ...
 
     def overloaded(self) -> bool: ...
@@ -105,21 +107,27 @@ class Publisher:
         request = None if later else self._dispatcher.first_page(cmd.category)
         if request is not None:
             # The first page commits with the message: a small audience is on its way
-            # without another write, and an empty one is done at once.
-            accepted = await self._store.accept_with_page(message, request)
-            stored, created, first = accepted.message, accepted.created, accepted.page
-        else:
-            # A scheduled message has no owner: whichever node is up when it is due
-            # claims it.
-            stored, created = await self._store.accept_message(
-                message, owner=None if later else self._dispatcher.node_id
-            )
-            first = None
-        if created:
+            # without another write, and an empty one is done at once. Its deliveries
+            # go to the shards as soon as it commits (on the store's writer thread,
+            # for SQLite), not once this coroutine has its turn on the event loop.
+            accepted = await self._store.accept_with_page(message, request, on_commit=self._start)
+            return accepted.message, accepted.created
+        # A scheduled message has no owner: whichever node is up when it is due
+        # claims it.
+        stored, created = await self._store.accept_message(
+            message, owner=None if later else self._dispatcher.node_id
+        )
+        if created and later:
             self._observer.message_accepted(stored.category_id)
-            if not later:
-                self._dispatcher.publish(stored, first)
+        elif created:
+            self._start(Accepted(stored, True, None))
         return stored, created
+
+    def _start(self, accepted: Accepted) -> None:
+        """Start delivering a message committed now (for this node to fan out)."""
+        if accepted.created:
+            self._observer.message_accepted(accepted.message.category_id)
+            self._dispatcher.publish(accepted.message, accepted.page)
 
 
 def message_status(counts: DeliveryCounts) -> MessageStatus:

@@ -33,7 +33,15 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Accepted, DeliveryCounts, FanoutPage, PageRequest, Segment, SendResult
+from notefly.ports import (
+    Accepted,
+    DeliveryCounts,
+    FanoutPage,
+    OnCommit,
+    PageRequest,
+    Segment,
+    SendResult,
+)
 from notefly.schedule import Throttle
 from notefly.store.fanout import page_range, segments_of
 
@@ -218,7 +226,15 @@ class FakeStore:
         self.fanouts[message.id] = _Fanout(owner=owner)
         return message, True
 
-    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+    async def accept_with_page(
+        self, message: Message, request: PageRequest, *, on_commit: OnCommit | None = None
+    ) -> Accepted:
+        accepted = await self._accept_with_page(message, request)
+        if on_commit is not None:
+            on_commit(accepted)
+        return accepted
+
+    async def _accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
         stored, created = await self.accept_message(message, owner=request.owner)
         if not created:
             return Accepted(stored, False, None)

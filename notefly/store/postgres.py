@@ -36,7 +36,15 @@ from notefly.domain import (
     notification_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
+from notefly.ports import (
+    Accepted,
+    Clock,
+    DeliveryCounts,
+    FanoutPage,
+    OnCommit,
+    PageRequest,
+    Segment,
+)
 from notefly.schedule import Throttle
 from notefly.store.fanout import (
     SEGMENT_STEP_BACK,
@@ -383,7 +391,9 @@ class PostgresStore(
         """
         return await self._in_transaction(self._accept_op(message, owner))
 
-    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+    async def accept_with_page(
+        self, message: Message, request: PageRequest, *, on_commit: OnCommit | None = None
+    ) -> Accepted:
         accept = self._accept_op(message, request.owner)
         plan = request.plan_with(self._fanout_op, message)
 
@@ -399,7 +409,10 @@ class PostgresStore(
                 return Accepted(stored, True, None)
             return Accepted(stored, True, page)
 
-        return await self._in_transaction(op)
+        accepted = await self._in_transaction(op)
+        if on_commit is not None:
+            on_commit(accepted)
+        return accepted
 
     def _accept_op(
         self, message: Message, owner: str | None

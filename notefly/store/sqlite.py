@@ -38,7 +38,15 @@ from notefly.domain import (
     digest_id,
 )
 from notefly.errors import Conflict, NotFound
-from notefly.ports import Accepted, Clock, DeliveryCounts, FanoutPage, PageRequest, Segment
+from notefly.ports import (
+    Accepted,
+    Clock,
+    DeliveryCounts,
+    FanoutPage,
+    OnCommit,
+    PageRequest,
+    Segment,
+)
 from notefly.schedule import Throttle
 from notefly.store.fanout import (
     SEGMENT_STEP_BACK,
@@ -423,7 +431,9 @@ class SqliteStore(
         """
         return await self.writer.run_sync(self._accept_op(message, owner), first=True)
 
-    async def accept_with_page(self, message: Message, request: PageRequest) -> Accepted:
+    async def accept_with_page(
+        self, message: Message, request: PageRequest, *, on_commit: OnCommit | None = None
+    ) -> Accepted:
         accept = self._accept_op(message, request.owner)
         plan = request.plan_with(self._fanout_op, message)
 
@@ -434,7 +444,8 @@ class SqliteStore(
             return Accepted(stored, True, _first_page(conn, plan, message.id))
 
         # A publisher waits for this commit: it goes ahead of queued pages and outcomes.
-        return await self.writer.run_sync(op, first=True)
+        # ``on_commit`` runs on the writer thread, right after the commit.
+        return await self.writer.run_sync(op, first=True, after_commit=on_commit)
 
     def _accept_op(
         self, message: Message, owner: str | None

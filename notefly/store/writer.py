@@ -45,6 +45,8 @@ class _Queued:
     future: asyncio.Future[Any]
     op: Operation | None = None
     sync_op: SyncOperation | None = None
+    # Called with the result once committed (``run_sync``); None once it has been.
+    after_commit: Callable[[Any], None] | None = None
 
 
 # What one operation of a batch came to: its result, or the exception it raised.
@@ -235,15 +237,26 @@ class GroupCommitWriter:
         """Run ``op`` inside the next group transaction and return its result after commit."""
         return cast(T, await self._submit(_Queued(self._future(), op=op)))
 
-    async def run_sync(self, op: Callable[[sqlite3.Connection], T], *, first: bool = False) -> T:
+    async def run_sync(
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        *,
+        first: bool = False,
+        after_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """Like ``run``, for an operation that runs on the writer thread itself.
 
         ``op`` must not touch the event loop: it runs on the connection's thread,
         together with the other synchronous operations of its batch. ``first``: it
         goes into the next transaction ahead of everything queued without it (a
         publish, which a caller waits for, ahead of fan-out pages and outcomes).
+        ``after_commit``: called with the result as soon as it is committed, before
+        the caller resumes, and usually on the writer thread (so it must not touch the
+        event loop either): what follows a commit need not wait its turn on a busy
+        loop. If it raises, the caller gets that error, and the work stays committed.
         """
-        return cast(T, await self._submit(_Queued(self._future(), sync_op=op), first=first))
+        item = _Queued(self._future(), sync_op=op, after_commit=after_commit)
+        return cast(T, await self._submit(item, first=first))
 
     def _future(self) -> asyncio.Future[Any]:
         if self._task is None:
@@ -291,6 +304,7 @@ class GroupCommitWriter:
             return []
         self.batches += 1
         self.operations += len(done)
+        done = _after_commit(batch, done)  # those a mixed batch committed on the loop
         for item, (result, error) in zip(batch, done, strict=False):
             if item.future.done():  # the caller went away (cancelled); the work is committed
                 continue
@@ -312,7 +326,7 @@ class GroupCommitWriter:
         raw = self._conn._conn  # the thread below is the only one that uses it
 
         def call() -> list[_Done]:
-            return _run_segment(
+            done = _run_segment(
                 raw,
                 ops,
                 begin=begin,
@@ -321,6 +335,7 @@ class GroupCommitWriter:
                 lock_timeout=self._lock_timeout,
                 turns=self._turns,
             )
+            return _after_commit(items, done) if commit else done
 
         return cast(list[_Done], await self._conn._execute(call))  # type: ignore[no-untyped-call]
 
@@ -358,6 +373,24 @@ class GroupCommitWriter:
                 await conn.execute("ROLLBACK")
             raise
         return done
+
+
+def _after_commit(items: list[_Queued], done: list[_Done]) -> list[_Done]:
+    """Run the ``after_commit`` of each committed operation that succeeded; one that
+    raises becomes the operation's error."""
+    if not any(item.after_commit is not None for item in items):
+        return done
+    out = list(done)
+    for n, (item, (result, error)) in enumerate(zip(items, done, strict=False)):
+        after, item.after_commit = item.after_commit, None
+        if after is None or error is not None:
+            continue
+        try:
+            after(result)
+        except Exception as exc:
+            log.exception("store.after_commit_failed")
+            out[n] = (None, exc)
+    return out
 
 
 Row = tuple[Any, ...]

@@ -99,6 +99,68 @@ async def test_mixed_operations_run_in_the_order_they_came_in_one_transaction(
     assert query(tmp_path / "n.db", "SELECT count(*) FROM categories WHERE id LIKE 'x%'") == [(2,)]
 
 
+async def test_after_commit_runs_on_the_writer_thread_once_committed_before_the_caller(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, object]] = []
+    loop_thread = threading.get_ident()
+
+    def after(result: str) -> None:
+        # Another connection already sees the row: the transaction has committed.
+        committed = query(tmp_path / "n.db", "SELECT id FROM categories WHERE id = ?", (result,))
+        seen.append(("after", (result, committed, threading.get_ident() != loop_thread)))
+
+    result = await store.writer.run_sync(insert_category("weather"), after_commit=after)
+    seen.append(("caller", result))
+
+    assert seen == [("after", ("weather", [("weather",)], True)), ("caller", "weather")]
+
+
+async def test_after_commit_of_a_mixed_batch_runs_once_it_has_committed(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    seen: list[list[tuple[str]]] = []
+
+    async def insert(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "INSERT INTO categories (id, name, description, created_at)"
+            " VALUES ('mx2', 'M2', '', '')"
+        )
+
+    def after(_result: str) -> None:
+        seen.append(query(tmp_path / "n.db", "SELECT id FROM categories WHERE id LIKE 'mx%'"))
+
+    await asyncio.gather(
+        store.writer.run_sync(insert_category("mx1"), after_commit=after),
+        store.writer.run(insert),
+    )
+
+    assert [sorted(rows) for rows in seen] == [[("mx1",), ("mx2",)]]
+
+
+async def test_an_after_commit_that_raises_fails_its_caller_and_keeps_the_work(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    def after(_result: str) -> None:
+        raise RuntimeError("could not start it")
+
+    def never(_result: str) -> None:
+        raise AssertionError("not for an operation that failed")
+
+    results = await asyncio.gather(
+        store.writer.run_sync(insert_category("weather"), after_commit=after),
+        store.writer.run_sync(insert_category("finance"), after_commit=never),  # a conflict
+        store.writer.run_sync(insert_category("travel")),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[0], RuntimeError)
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert results[2] == "travel"
+    rows = query(tmp_path / "n.db", "SELECT id FROM categories WHERE id IN ('weather', 'travel')")
+    assert sorted(rows) == [("travel",), ("weather",)]
+
+
 async def test_a_category_another_process_adds_is_found_after_it_was_missing(
     store: SqliteStore, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Any
 import pytest
 
 from notefly.addresses import EndpointKind
-from notefly.domain import DeliveryTask, Subscription, User, partition_of
+from notefly.domain import DeliveryTask, Message, Subscription, User, partition_of
 from notefly.errors import StoreUnavailable
-from notefly.ports import PageRequest
+from notefly.ports import FanoutPage, PageRequest
 from notefly.schedule import Throttle
+from notefly.services import PublishCommand, Publisher
 from notefly.store import sqlite as sqlite_module
 from notefly.store.sqlite import SqliteStore
 from tests.contract.audience import (
@@ -28,6 +30,7 @@ from tests.contract.audience import (
     message,
     seed_audience,
 )
+from tests.fakes import FakeIds
 from tests.integration.test_sqlite_store import query
 
 
@@ -228,3 +231,34 @@ async def test_a_page_written_whole_is_written_grouped_as_the_shards_send_it(
     # On disk by channel and shard, and by user within each: one shard's round of
     # outcomes rewrites neighbouring rows.
     assert rows == sorted(in_user_order, key=lambda r: (r[1], partition_of(r[0], 4)))
+
+
+async def test_a_publish_hands_its_first_page_on_as_soon_as_it_commits(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    # The deliveries go to the shards from the writer thread, right after the commit,
+    # not once the publishing coroutine has its turn on the event loop again.
+    loop_thread = threading.get_ident()
+    handed: list[tuple[str, list[tuple[str, str]], bool, list[tuple[str]]]] = []
+
+    class Dispatcher:
+        node_id = "n1"
+
+        def first_page(self, category_id: str) -> PageRequest:
+            return PageRequest(100, ENABLED, "n1", {})
+
+        def publish(self, message: Message, first: FanoutPage | None = None) -> None:
+            assert first is not None
+            committed = query(tmp_path / "n.db", "SELECT id FROM messages WHERE id = ?",
+                              (message.id,))  # fmt: skip
+            sends = sorted((t.recipient.user_id, t.channel) for t in first.tasks)
+            handed.append((message.id, sends, threading.get_ident() != loop_thread, committed))
+
+        def overloaded(self) -> bool:
+            return False
+
+    publisher = Publisher(store, Dispatcher(), FakeIds(), FakeClock())
+    published, created = await publisher.publish(PublishCommand("sports", "Kick-off"))
+
+    assert created
+    assert handed == [(published.id, sorted(EXPECTED_QUEUED), True, [(published.id,)])]
