@@ -42,8 +42,9 @@ class Settings:
     # 1.02-1.06x against 0.82-0.89x of the plain loop, CPU 50-52 against 53-57 us a
     # delivery. It costs latency: each delivery of a channel goes through the one shard
     # thread, which waits for the GIL at each hop (latency scenario: p99 49-60 ms
-    # against 46-51 with four and 40-47 with two). A shard keeps up to 4 rounds of 256
-    # sends in flight; more shards raise that for providers that wait long.
+    # against 46-51 with four and 40-47 with two). A shard keeps up to four rounds'
+    # worth of sends in flight (4 x round_size, in up to 32 rounds: ShardSettings);
+    # more shards raise that for providers that wait long.
     shards_per_channel: int = 1
     node_id: str | None = None  # default: <host>:<broker port>, stable across restarts
     workers: int | None = None  # `notefly up` processes; default: the number of cores
