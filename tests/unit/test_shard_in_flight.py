@@ -63,6 +63,16 @@ async def one_category_each(store: HeldStore, phones: dict[str, str]) -> None:
         await add_sms_users(store, f"c{uid}", {uid: phone})
 
 
+async def stops_at(count: int, sms: FakeChannel, store: HeldStore, *, of: int) -> None:
+    """Exactly ``count`` sends go out while no outcome is committed; once they are, the
+    rest of the ``of`` sends follow."""
+    await eventually(lambda: len(sms.sent) == count, f"{count} sends go out")
+    await asyncio.sleep(PAUSE)
+    assert len(sms.sent) == count  # and nothing more until their outcomes are committed
+    store.commit()
+    await eventually(lambda: len(sms.sent) == of, "the rest follows")
+
+
 async def start(
     store: HeldStore, systems: list[ActorSystem], sms: FakeChannel, settings: ShardSettings
 ) -> Publisher:
@@ -111,12 +121,7 @@ async def test_deliveries_in_flight_stay_within_the_full_rounds_allowed(
     publisher = await start(store, systems, sms, settings)
 
     await publisher.publish(PublishCommand("finance", "Rates are up"))
-    await eventually(lambda: len(sms.sent) == 4, "two full rounds are sent")
-    await asyncio.sleep(PAUSE)
-    assert len(sms.sent) == 4  # and nothing more until their outcomes are committed
-
-    store.commit()
-    await eventually(lambda: len(sms.sent) == len(phones), "the rest follows")
+    await stops_at(4, sms, store, of=len(phones))  # two full rounds
     assert sorted(r.to for _, r in sms.sent) == sorted(phones.values())
     await eventually(store.all_sent, "every outcome is recorded")
 
@@ -132,9 +137,4 @@ async def test_many_small_rounds_stay_within_the_rounds_allowed(
 
     for uid in phones:
         await publisher.publish(PublishCommand(f"c{uid}", "Rates are up"))
-    await eventually(lambda: len(sms.sent) == 3, "three rounds of one are sent")
-    await asyncio.sleep(PAUSE)
-    assert len(sms.sent) == 3
-
-    store.commit()
-    await eventually(lambda: len(sms.sent) == len(phones), "the rest follows")
+    await stops_at(3, sms, store, of=len(phones))  # three rounds of one
