@@ -668,17 +668,27 @@ class SqliteStore(
         delivery_rows = []
         held = []
         in_flight = self._in_flight
-        for d in plan.deliveries:
-            if page is not None and d.owner is not None:  # it goes out now
-                in_flight[d.id] = Held(
-                    page, message.id, d.user_id, d.channel, d.recipient, now, d.owner,
-                    d.mode, d.note,
-                )  # fmt: skip
-                held.append(d.id)
+        mid = message.id
+        # Unpacked rather than read by name: thousands of deliveries a page.
+        for (
+            did,
+            user_id,
+            channel,
+            status,
+            to,
+            error,
+            sender,
+            mode,
+            not_before,
+            note,
+        ) in plan.deliveries:
+            if page is not None and sender is not None:  # it goes out now
+                in_flight[did] = Held(page, mid, user_id, channel, to, now, sender, mode, note)
+                held.append(did)
                 continue
             delivery_rows.append(
-                (d.id, message.id, d.user_id, d.channel, d.status.value, d.recipient,
-                 d.error, now, d.owner, d.mode, _ts(d.not_before), d.note, now)
+                (did, mid, user_id, channel, status.value, to, error, now, sender, mode,
+                 _ts(not_before), note, now)
             )  # fmt: skip
         ids = AudienceIds(message.id)
         accepted_at = message.accepted_at.isoformat()  # stable across a re-run fan-out
