@@ -32,6 +32,7 @@ from prometheus_client import (
 
 from notefly.activity import Activity, Samples
 from notefly.breaker import CircuitSnapshot
+from notefly.ports import WriteLockUse
 
 log = structlog.get_logger("notefly.metrics")
 
@@ -136,6 +137,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # SQLite: every worker's writes take turns at the file's one lock, one holder at
+        # a time. Held seconds rising by nearly one a second means the lock bounds
+        # throughput.
+        self.write_lock_waited = Counter(
+            "notefly_store_write_lock_wait_seconds",
+            "Seconds writes waited for the store's write lock (SQLite), all workers",
+            registry=r,
+        )
+        self.write_lock_held = Counter(
+            "notefly_store_write_lock_held_seconds",
+            "Seconds the store's write lock was held (SQLite), all workers",
+            registry=r,
+        )
+        self.write_transactions = Counter(
+            "notefly_store_write_transactions",
+            "Transactions under the store's write lock (SQLite), all workers",
+            registry=r,
+        )
+        self._write_lock_seen = WriteLockUse(0.0, 0.0, 0)
         self.breaker = Gauge(
             "notefly_circuit_breaker_state",
             "1 for the state the provider's circuit breaker is in (closed, open, half_open)",
@@ -143,6 +163,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+
+    def add_write_lock_use(self, use: WriteLockUse) -> None:
+        """Count what this process's writer added since the last call (``use`` is
+        since start): counters, so that the workers add up."""
+        last, self._write_lock_seen = self._write_lock_seen, use
+        self.write_lock_waited.inc(max(use.waited_seconds - last.waited_seconds, 0.0))
+        self.write_lock_held.inc(max(use.held_seconds - last.held_seconds, 0.0))
+        self.write_transactions.inc(max(use.transactions - last.transactions, 0))
 
     def set_breaker(self, channel: str, provider: str, state: str = "closed") -> None:
         for candidate in BREAKER_STATES:

@@ -22,7 +22,7 @@ from notefly.breaker import Breakers
 from notefly.domain import DeliveryTask
 from notefly.health import HealthStore, Readiness, actor_stats, readiness
 from notefly.metrics import PrometheusObserver
-from notefly.ports import DeliveryCounts
+from notefly.ports import DeliveryCounts, SingleWriterStore
 from notefly.services import message_status
 
 log = structlog.get_logger("notefly.operations")
@@ -136,7 +136,14 @@ class Operations:
 
     async def refresh_gauges(self) -> None:
         """Bring the gauges read from the store and the actors up to date (a scrape)."""
+        self.count_write_lock_use()
         await self.snapshot()
+
+    def count_write_lock_use(self) -> None:
+        """Add this process's use of the store's write lock to its counters (a store with
+        one write lock, SQLite's)."""
+        if isinstance(self._store, SingleWriterStore):
+            self._observer.metrics.add_write_lock_use(self._store.write_lock_use())
 
     async def snapshot(self) -> dict[str, Any]:
         async with self._lock:  # concurrent callers share one computation
@@ -163,12 +170,14 @@ class Operations:
         self._cached = self._slow = None
 
     async def keep_sampling(self, every: float = 1.0, gauges_every: float = 5.0) -> None:
-        """Until cancelled: sample the activity every ``every`` seconds, and refresh this
-        worker's actor gauges every ``gauges_every`` (with several workers, a scrape or
-        a dashboard reaches one of them, and the others' gauges must be current too)."""
+        """Until cancelled: sample the activity and count the store's write-lock use every
+        ``every`` seconds, and refresh this worker's actor gauges every ``gauges_every``
+        (with several workers, a scrape or a dashboard reaches one of them, and the
+        others' gauges must be current too)."""
         loop = asyncio.get_running_loop()
         gauges_due = loop.time()
         while True:
+            self.count_write_lock_use()
             if self._actors is not None and loop.time() >= gauges_due:
                 gauges_due = loop.time() + gauges_every
                 try:

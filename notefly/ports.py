@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from notefly.auth import ApiKey
 from notefly.domain import (
@@ -316,3 +316,21 @@ class Store(Protocol):
     async def active_api_keys(self) -> int: ...
     async def set_user_token(self, user_id: str, token_hash: str) -> None: ...
     async def user_by_token(self, token_hash: str) -> str: ...
+
+
+class WriteLockUse(NamedTuple):
+    """Since this process started: how long its writes waited for the store's one write
+    lock and held it, and in how many transactions."""
+
+    waited_seconds: float
+    held_seconds: float
+    transactions: int
+
+
+@runtime_checkable
+class SingleWriterStore(Protocol):
+    """A store whose writers, every process's, take turns at one lock (SQLite's file).
+    Held nearly all the time, it bounds throughput: time to move to a store that takes
+    several writers (PostgreSQL)."""
+
+    def write_lock_use(self) -> WriteLockUse: ...

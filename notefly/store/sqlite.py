@@ -46,6 +46,7 @@ from notefly.ports import (
     OnCommit,
     PageRequest,
     Segment,
+    WriteLockUse,
 )
 from notefly.schedule import Throttle
 from notefly.store.fanout import (
@@ -190,6 +191,12 @@ class SqliteStore(
         store = cls(writer, reader, clock, turns)
         store.writer.start()
         return store
+
+    def write_lock_use(self) -> WriteLockUse:
+        """What this process's writer spent waiting for the file's write lock and holding
+        it (``SingleWriterStore``)."""
+        times = self.writer.lock_times
+        return WriteLockUse(times.waited, times.held, times.transactions)
 
     async def close(self) -> None:
         try:

@@ -49,6 +49,17 @@ class _Queued:
     after_commit: Callable[[Any], None] | None = None
 
 
+@dataclass(slots=True)
+class LockTimes:
+    """Since start: seconds this process's writer waited for SQLite's write lock (its
+    turn included) and held it, and its transactions. Kept by the writer's thread; a
+    read from another thread may be a transaction behind."""
+
+    waited: float = 0.0
+    held: float = 0.0
+    transactions: int = 0
+
+
 # What one operation of a batch came to: its result, or the exception it raised.
 _Done = tuple[Any, BaseException | None]
 
@@ -138,6 +149,7 @@ def _run_segment(
     lock_timeout: float,
     max_changes: int | None = None,
     turns: WriteTurns | None = None,
+    times: LockTimes | None = None,
 ) -> list[_Done]:
     """Run synchronous operations, each under its own savepoint, on the writer thread.
 
@@ -147,8 +159,11 @@ def _run_segment(
     ``max_changes``: once the operations run so far changed that many rows, the rest
     are left for the next transaction (the result has fewer entries than ``ops``).
     ``turns``: with ``begin`` and ``commit``, the transaction waits for this process's
-    turn first, and gives it back once it is over.
+    turn first, and gives it back once it is over. ``times``: where the wait for the
+    lock (with ``begin``) and the time it was held (with ``begin`` and ``commit``) add
+    up.
     """
+    started = time.perf_counter()
     held = turns if begin and commit else None
     if held is not None:
         deadline = time.monotonic() + lock_timeout
@@ -156,7 +171,7 @@ def _run_segment(
             held = None
         lock_timeout = max(deadline - time.monotonic(), 0.0)
     try:
-        return _run_transaction(conn, ops, begin, commit, lock_timeout, max_changes)
+        return _run_transaction(conn, ops, begin, commit, lock_timeout, max_changes, times, started)
     finally:
         if held is not None:
             held.give_back()
@@ -169,9 +184,14 @@ def _run_transaction(
     commit: bool,
     lock_timeout: float,
     max_changes: int | None,
+    times: LockTimes | None = None,
+    started: float = 0.0,
 ) -> list[_Done]:
     if begin:
         begin_immediate(conn, lock_timeout)
+        if times is not None:
+            locked = time.perf_counter()
+            times.waited += locked - started
     done: list[_Done] = []
     start = conn.total_changes
     try:
@@ -186,6 +206,10 @@ def _run_transaction(
             with contextlib.suppress(sqlite3.Error):  # the transaction may already be gone
                 conn.execute("ROLLBACK")
         raise
+    finally:
+        if times is not None and begin and commit:
+            times.held += time.perf_counter() - locked
+            times.transactions += 1
     return done
 
 
@@ -219,6 +243,7 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.operations = 0
+        self.lock_times = LockTimes()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-writer")
@@ -334,6 +359,7 @@ class GroupCommitWriter:
                 max_changes=max_changes,
                 lock_timeout=self._lock_timeout,
                 turns=self._turns,
+                times=self.lock_times,
             )
             return _after_commit(items, done) if commit else done
 
@@ -344,8 +370,10 @@ class GroupCommitWriter:
         a hop each."""
         conn = self._conn
         done: list[_Done] = []
+        locked: float | None = None  # when the lock was taken
         try:
             await self._segment([], begin=True, commit=False)
+            locked = time.perf_counter()
             run: list[_Queued] = []
             for item in [*batch, None]:
                 if item is not None and item.sync_op is not None:
@@ -372,6 +400,10 @@ class GroupCommitWriter:
             with contextlib.suppress(Exception):  # the transaction may already be gone
                 await conn.execute("ROLLBACK")
             raise
+        finally:
+            if locked is not None:
+                self.lock_times.held += time.perf_counter() - locked
+                self.lock_times.transactions += 1
         return done
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,49 @@ async def test_processes_on_one_file_take_turns_at_the_write_lock(
         other.give_back()
     finally:
         other.close()
+
+
+async def test_the_writer_counts_how_long_it_waited_for_the_lock_and_held_it(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    before = store.write_lock_use()
+    other = WriteTurns(tmp_path / "n.db.turns")
+    try:
+        assert other.take(0.0)
+        write = asyncio.ensure_future(store.writer.run_sync(insert_category("second")))
+        await asyncio.sleep(0.3)  # another process's turn
+        other.give_back()
+        await asyncio.wait_for(write, timeout=5)
+    finally:
+        other.close()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        insert_category("third")(conn)
+        time.sleep(0.2)  # a long transaction
+
+    await store.writer.run_sync(slow)
+    after = store.write_lock_use()
+    assert after.transactions - before.transactions == 2
+    assert after.waited_seconds - before.waited_seconds >= 0.25
+    assert after.held_seconds - before.held_seconds >= 0.18
+
+
+async def test_a_transaction_with_asynchronous_operations_counts_too(
+    store: SqliteStore,
+) -> None:
+    before = store.write_lock_use()
+
+    async def op(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "INSERT INTO categories (id, name, description, created_at)"
+            " VALUES ('slow', 'Slow', '', '')"
+        )
+        await asyncio.sleep(0.2)
+
+    await store.writer.run(op)
+    after = store.write_lock_use()
+    assert after.transactions - before.transactions == 1
+    assert after.held_seconds - before.held_seconds >= 0.18
 
 
 Rows = list[tuple[Any, ...]]

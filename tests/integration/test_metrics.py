@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -129,3 +131,17 @@ async def test_the_client_exposes_its_request_metrics(client_http: HttpClient):
         )
         == 1
     )
+
+
+async def test_the_sqlite_write_lock_use_is_counted(broker: OpsBroker):
+    await broker.user("alice", {"finance": ["sms"]}, phone="+14155550101")
+    await broker.delivered(await broker.publish("finance", "Rates up"))
+    deadline = time.monotonic() + 10
+    while True:  # the broker counts it once a second
+        after = await broker.metrics()
+        if sample(after, "notefly_store_write_transactions_total") > 0:
+            break
+        assert time.monotonic() < deadline, "the writer's transactions were never counted"
+        await asyncio.sleep(0.1)
+    assert sample(after, "notefly_store_write_lock_held_seconds_total") > 0
+    assert sample(after, "notefly_store_write_lock_wait_seconds_total") >= 0

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from notefly.activity import Throughput
 from notefly.logs import LOG_FIELDS, order_fields
 from notefly.metrics import Metrics, PrometheusObserver, prepare_multiprocess_dir
+from notefly.ports import WriteLockUse
 
 
 class FakeTime:
@@ -118,6 +119,16 @@ def test_actor_stats_become_gauges():
     assert value(m, "notefly_actor_entities") == 3
     assert value(m, "notefly_actor_shards") == 12
     assert value(m, "notefly_actor_categories") == 2
+
+
+def test_write_lock_use_is_counted_from_what_the_store_added_since_the_last_look():
+    m = Metrics()
+    m.add_write_lock_use(WriteLockUse(1.0, 2.0, 3))
+    m.add_write_lock_use(WriteLockUse(1.5, 2.75, 5))
+    m.add_write_lock_use(WriteLockUse(1.5, 2.75, 5))  # nothing new
+    assert value(m, "notefly_store_write_lock_wait_seconds_total") == 1.5
+    assert value(m, "notefly_store_write_lock_held_seconds_total") == 2.75
+    assert value(m, "notefly_store_write_transactions_total") == 5
 
 
 def test_http_requests_are_timed_by_route_template():
