@@ -11,6 +11,7 @@ from notefly.bench.harness import QUICK, Bench
 from notefly.bench.pglog import URL_VARIABLE, server_label
 from notefly.bench.procs import free_port
 from notefly.bench.report import FAIL, INFO, PASS
+from notefly.bench.scenarios.fanout import write_lock_counters
 from notefly.bench.scenarios.nodes import (
     ONCE,
     NodesRun,
@@ -24,6 +25,7 @@ from notefly.bench.scenarios.nodes import (
     split,
 )
 from notefly.metrics import Metrics
+from notefly.ports import WriteLockUse
 
 SHARED = sharing("127.0.0.1", 2)
 
@@ -145,3 +147,11 @@ async def test_an_unreachable_server_is_a_clear_fail(tmp_path: Path, monkeypatch
     assert row.measure == ONCE[0]
     assert f"not reachable at {server_label(url)}" in row.reason
     assert URL_VARIABLE in row.reason
+
+
+def test_the_fanout_scenario_reads_the_write_lock_counters():
+    metrics = Metrics()
+    metrics.add_write_lock_use(WriteLockUse(0.5, 2.25, 40))
+    text = metrics.exposition()[0].decode()
+    assert write_lock_counters(text) == {"held": 2.25, "waited": 0.5, "transactions": 40}
+    assert write_lock_counters("") == {"held": 0.0, "waited": 0.0, "transactions": 0.0}

@@ -5,9 +5,12 @@ sent; the plain loop's from its start to its last commit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from datetime import UTC, datetime
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from notefly.bench import loadgen, seed
 from notefly.bench.deliverylog import wait_done
@@ -18,6 +21,7 @@ from notefly.bench.report import Row, Target, number
 from notefly.domain import Message
 
 SCENARIO = "2 fan-out"
+SAMPLE_SECONDS = 1.0  # how often a worker counts its writes (broker.ops.SAMPLE_SECONDS)
 CATEGORY = "bench-fanout"
 RATE = ("deliveries/s vs plain loop", Target(">=", 1.0, "x"))
 CHECKS = (RATE,)
@@ -53,12 +57,15 @@ async def run(bench: Bench) -> Result:
             for _ in range(count)
         ]
         cpu_before = tree_cpu_seconds(node.server.pid)
+        lock_before = await write_lock_use(node.url)
         answers = await loadgen.burst(node.url, "/pub", bodies)
         refused = [a.status for a in answers if a.status != 202]
         if refused:
             raise RuntimeError(f"publish answered {refused}")
         done, waited = await wait_done(node.log, TIMEOUT_SECONDS, 0.25, expect_messages=count)
         cpu = tree_cpu_seconds(node.server.pid) - cpu_before
+        await asyncio.sleep(SAMPLE_SECONDS + 0.2)  # every worker has counted its last writes
+        lock = await write_lock_use(node.url)
         statuses = node.log.by_status()
         span = node.log.span()
         owners = node.log.fanout_owners()
@@ -80,6 +87,7 @@ async def run(bench: Bench) -> Result:
                 "waited_seconds": waited,
                 "cpu_seconds": cpu,
                 "messages_by_worker": owners,
+                "write_lock": {k: lock[k] - lock_before[k] for k in lock},
             },
         }
     )
@@ -109,6 +117,19 @@ async def run(bench: Bench) -> Result:
             f" {number(per_message)} deliveries" + (f", not sent: {other}" if other else ""),
         )
     )
+    held, waited, transactions = (
+        lock[k] - lock_before[k] for k in ("held", "waited", "transactions")
+    )
+    result.rows.append(
+        Row(
+            SCENARIO,
+            "SQLite write lock held, all workers",
+            held / seconds * 100,
+            "%",
+            detail=f"{held:.2f} s of the {seconds:.2f} s fan-out, {held / sent * 1e6:.1f} µs a"
+            f" delivery; waited {waited:.2f} s; {transactions:.0f} transactions",
+        )
+    )
     if sent and plain.deliveries:
         mine, theirs = cpu / sent * 1e6, plain.cpu_seconds / plain.deliveries * 1e6
         result.rows.append(
@@ -122,3 +143,23 @@ async def run(bench: Bench) -> Result:
             )
         )
     return result
+
+
+async def write_lock_use(url: str) -> dict[str, float]:
+    """The workers' write-lock counters, from ``/metrics`` (any worker answers for all)."""
+    response = await loadgen.get(url, "/metrics")
+    if response.status != 200:
+        raise RuntimeError(f"/metrics answered {response.status}")
+    return write_lock_counters(response.body.decode())
+
+
+def write_lock_counters(text: str) -> dict[str, float]:
+    """Seconds held and waited, and transactions, in a Prometheus exposition."""
+    found = {
+        s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
+    return {
+        "held": found.get("notefly_store_write_lock_held_seconds_total", 0.0),
+        "waited": found.get("notefly_store_write_lock_wait_seconds_total", 0.0),
+        "transactions": found.get("notefly_store_write_transactions_total", 0.0),
+    }
