@@ -126,8 +126,9 @@ async def run(bench: Bench) -> Result:
             "SQLite write lock held, all workers",
             held / seconds * 100,
             "%",
-            detail=f"{held:.2f} s of the {seconds:.2f} s fan-out, {held / sent * 1e6:.1f} µs a"
-            f" delivery; waited {waited:.2f} s; {transactions:.0f} transactions",
+            detail=f"{held:.2f} s of the {seconds:.2f} s fan-out"
+            + (f", {held / sent * 1e6:.1f} µs a delivery" if sent else "")
+            + f"; waited {waited:.2f} s; {transactions:.0f} transactions",
         )
     )
     if sent and plain.deliveries:
