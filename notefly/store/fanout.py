@@ -131,12 +131,7 @@ def plan_page(
             if immediate and quiet is None and throttle is None:
                 # What plan_delivery decides then, for most of an audience.
                 sends_now = reason is None
-                add_delivery(
-                    PlannedDelivery(
-                        did, user_id, channel, skipped if reason else queued, address, reason,
-                        owner if sends_now else None, "immediate", None, None,
-                    )
-                )  # fmt: skip
+                mode, not_before, note = "immediate", None, None
             else:
                 when = plan_delivery(
                     message, schedule, zone=user.timezone, quiet=quiet, throttle=throttle,
@@ -145,13 +140,14 @@ def plan_page(
                 sends_now = reason is None and when.now
                 if sends_now and throttle is not None:  # only a throttle reads the count
                     recent[(user_id, channel)] += 1
-                add_delivery(
-                    PlannedDelivery(
-                        did, user_id, channel, skipped if reason else queued, address, reason,
-                        owner if sends_now else None, "digest" if when.digest else "immediate",
-                        when.not_before, when.note,
-                    )
-                )  # fmt: skip
+                mode = "digest" if when.digest else "immediate"
+                not_before, note = when.not_before, when.note
+            add_delivery(
+                PlannedDelivery(
+                    did, user_id, channel, skipped if reason else queued, address, reason,
+                    owner if sends_now else None, mode, not_before, note,
+                )
+            )  # fmt: skip
             if reason:
                 plan.skipped += 1
             elif sends_now:
