@@ -187,10 +187,11 @@ def _run_transaction(
     times: LockTimes | None = None,
     started: float = 0.0,
 ) -> list[_Done]:
+    locked = 0.0  # when this call took the lock (with ``begin``)
     if begin:
         begin_immediate(conn, lock_timeout)
+        locked = time.perf_counter()
         if times is not None:
-            locked = time.perf_counter()
             times.waited += locked - started
     done: list[_Done] = []
     start = conn.total_changes
