@@ -74,8 +74,10 @@ async def stops_at(count: int, sms: FakeChannel, store: HeldStore, *, of: int) -
 
 
 async def start(
-    store: HeldStore, systems: list[ActorSystem], sms: FakeChannel, settings: ShardSettings
-) -> Publisher:
+    store: HeldStore, systems: list[ActorSystem], settings: ShardSettings
+) -> tuple[FakeChannel, Publisher]:
+    """An actor system with one sms shard; its provider, and a publisher to it."""
+    sms = FakeChannel("sms")
     system = ActorSystem(
         store=store,
         renderer=TemplateRenderer(build_environment()),
@@ -88,7 +90,7 @@ async def start(
     )
     systems.append(system)
     await system.start()
-    return Publisher(store, system, FakeIds(), store.clock)
+    return sms, Publisher(store, system, FakeIds(), store.clock)
 
 
 async def test_single_deliveries_are_sent_while_earlier_rounds_wait_for_their_commit(
@@ -96,9 +98,9 @@ async def test_single_deliveries_are_sent_while_earlier_rounds_wait_for_their_co
 ) -> None:
     phones = {f"u{n}": f"+4100{n}" for n in range(6)}
     await one_category_each(store, phones)
-    sms = FakeChannel("sms")
-    settings = ShardSettings(round_size=2, full_rounds_in_flight=4)
-    publisher = await start(store, systems, sms, settings)
+    sms, publisher = await start(
+        store, systems, ShardSettings(round_size=2, full_rounds_in_flight=4)
+    )
 
     # Six messages of one recipient each, one after the other: six rounds of one.
     for n, uid in enumerate(phones):
@@ -116,9 +118,9 @@ async def test_deliveries_in_flight_stay_within_the_full_rounds_allowed(
 ) -> None:
     phones = {f"u{n:02d}": f"+4200{n:02d}" for n in range(11)}
     await add_sms_users(store, "finance", phones)
-    sms = FakeChannel("sms")
-    settings = ShardSettings(round_size=2, full_rounds_in_flight=2)
-    publisher = await start(store, systems, sms, settings)
+    sms, publisher = await start(
+        store, systems, ShardSettings(round_size=2, full_rounds_in_flight=2)
+    )
 
     await publisher.publish(PublishCommand("finance", "Rates are up"))
     await stops_at(4, sms, store, of=len(phones))  # two full rounds
@@ -131,9 +133,8 @@ async def test_many_small_rounds_stay_within_the_rounds_allowed(
 ) -> None:
     phones = {f"u{n}": f"+4300{n}" for n in range(5)}
     await one_category_each(store, phones)
-    sms = FakeChannel("sms")
     settings = ShardSettings(round_size=4, full_rounds_in_flight=4, max_rounds_in_flight=3)
-    publisher = await start(store, systems, sms, settings)
+    sms, publisher = await start(store, systems, settings)
 
     for uid in phones:
         await publisher.publish(PublishCommand(f"c{uid}", "Rates are up"))
