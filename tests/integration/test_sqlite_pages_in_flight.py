@@ -18,6 +18,7 @@ from notefly.domain import DeliveryStatus, DeliveryTask, Outcome, Subscription, 
 from notefly.errors import NotFound
 from notefly.schedule import Throttle
 from notefly.store.sqlite import SqliteStore
+from notefly.store.sqlite_flight import PLAIN_HELD_WIDTH, Held, held_row
 from tests.contract.audience import (
     ENABLED,
     EXPECTED_QUEUED,
@@ -86,6 +87,67 @@ async def test_a_page_writes_each_delivery_that_goes_out_once_with_its_outcome(
     assert (await store.work_counts())["queued"] == 0
     [summary] = await store.recent_messages(5)
     assert summary.deliveries == {"sent": 5, "skipped": 2}
+
+
+async def test_outcomes_of_every_kind_in_one_write_leave_the_rows_they_describe(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """A send that is over binds fewer columns than one with an error or a retry; one
+    write of all of them gives each row exactly what its outcome says."""
+    db = tmp_path / "n.db"
+    page = await store.fanout_page(message(), None, 10, ENABLED, owner="n1")
+    ok, failed, retried, *_rest = page.tasks
+    await store.record_outcomes(
+        [
+            Outcome(ok.id, DeliveryStatus.SENT, 1, "smtp", "msg-1", "to@x", "hi", "hello"),
+            Outcome(failed.id, DeliveryStatus.FAILED, 1, "smtp", text="t", error="rejected"),
+            Outcome(retried.id, DeliveryStatus.QUEUED, 1, "smtp", error="busy", retry_after=30),
+        ]
+    )
+
+    columns = (
+        "status, attempts, provider, provider_message_id, recipient, subject, text, error,"
+        " sent_at IS NOT NULL, not_before IS NOT NULL, owner, mode, note"
+    )
+    found = {
+        r[0]: r[1:]
+        for r in query(db, f"SELECT id, {columns} FROM deliveries WHERE status != 'skipped'")
+    }
+    address = EXPECTED_QUEUED
+    assert found == {
+        ok.id: ("sent", 1, "smtp", "msg-1", "to@x", "hi", "hello", None, 1, 0, None,
+                "immediate", None),
+        failed.id: ("failed", 1, "smtp", None,
+                    address[(failed.recipient.user_id, failed.channel)], None, "t",
+                    "rejected", 0, 0, None, "immediate", None),
+        retried.id: ("queued", 1, "smtp", None,
+                     address[(retried.recipient.user_id, retried.channel)], None, None,
+                     "busy", 0, 1, "n1", "immediate", None),
+    }  # fmt: skip
+    assert pages(db) == [("", "u5", "n1", 2)]
+
+
+def test_a_send_that_is_over_is_held_in_the_short_row_shape() -> None:
+    held = Held("p_1", "m1", "u1", "email", "a@x", "t0", "n1", "immediate", None)
+    sent_row = held_row(held, Outcome("d1", DeliveryStatus.SENT, 1, "smtp"), "t1", None, False)
+    assert len(sent_row) == PLAIN_HELD_WIDTH
+    assert sent_row[-1] == "p_1"
+    failed = Outcome("d1", DeliveryStatus.FAILED, 1, "smtp", error="rejected")
+    retried = Outcome("d1", DeliveryStatus.QUEUED, 1, "smtp", error="busy")
+    digest = held._replace(mode="digest")
+    longer = [
+        held_row(held, failed, "t1", None, False),
+        held_row(held, retried, "t1", "t2", True),
+        held_row(digest, Outcome("d1", DeliveryStatus.SENT, 1, "smtp"), "t1", None, False),
+        held_row(
+            held._replace(note="quiet hours"),
+            Outcome("d1", DeliveryStatus.SENT, 1),
+            "t1",
+            None,
+            False,
+        ),
+    ]
+    assert {len(row) for row in longer} == {20}
 
 
 async def test_the_ops_summary_counts_deliveries_in_flight_as_queued(
