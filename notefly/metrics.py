@@ -156,6 +156,13 @@ class Metrics:
             registry=r,
         )
         self._write_lock_seen = WriteLockUse(0.0, 0.0, 0)
+        self.thread_cpu = Counter(
+            "notefly_thread_cpu_seconds",
+            "CPU seconds by kind of thread (MainThread runs the event loop), all workers",
+            ["thread"],
+            registry=r,
+        )
+        self._thread_cpu_seen: dict[str, float] = {}
         self.breaker = Gauge(
             "notefly_circuit_breaker_state",
             "1 for the state the provider's circuit breaker is in (closed, open, half_open)",
@@ -171,6 +178,17 @@ class Metrics:
         self.write_lock_waited.inc(max(use.waited_seconds - last.waited_seconds, 0.0))
         self.write_lock_held.inc(max(use.held_seconds - last.held_seconds, 0.0))
         self.write_transactions.inc(max(use.transactions - last.transactions, 0))
+
+    def add_thread_cpu(self, totals: Mapping[str, float]) -> None:
+        """Count the CPU seconds this process's threads added since the last call, by
+        kind (``totals`` are since start: ``notefly.threads.ThreadCpu``)."""
+        seen = self._thread_cpu_seen
+        for kind, seconds in totals.items():
+            counter = self.thread_cpu.labels(kind)  # shown from the first reading, at 0 too
+            added = seconds - seen.get(kind, 0.0)
+            if added > 0:
+                counter.inc(added)
+                seen[kind] = seconds
 
     def set_breaker(self, channel: str, provider: str, state: str = "closed") -> None:
         for candidate in BREAKER_STATES:

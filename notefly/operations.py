@@ -24,6 +24,7 @@ from notefly.health import HealthStore, Readiness, actor_stats, readiness
 from notefly.metrics import PrometheusObserver
 from notefly.ports import DeliveryCounts, SingleWriterStore
 from notefly.services import message_status
+from notefly.threads import ThreadCpu
 
 log = structlog.get_logger("notefly.operations")
 
@@ -124,6 +125,7 @@ class Operations:
         self._failures = failures
         self._lock = asyncio.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None
+        self._thread_cpu = ThreadCpu()
 
     async def readiness(self) -> Readiness:
         circuits = self._breakers.snapshot() if self._breakers is not None else None
@@ -137,6 +139,7 @@ class Operations:
     async def refresh_gauges(self) -> None:
         """Bring the gauges read from the store and the actors up to date (a scrape)."""
         self.count_write_lock_use()
+        self.count_thread_cpu()
         await self.snapshot()
 
     def count_write_lock_use(self) -> None:
@@ -144,6 +147,10 @@ class Operations:
         one write lock, SQLite's)."""
         if isinstance(self._store, SingleWriterStore):
             self._observer.metrics.add_write_lock_use(self._store.write_lock_use())
+
+    def count_thread_cpu(self) -> None:
+        """Add the CPU time of this process's threads, by kind, to their counters."""
+        self._observer.metrics.add_thread_cpu(self._thread_cpu.totals())
 
     async def snapshot(self) -> dict[str, Any]:
         async with self._lock:  # concurrent callers share one computation
@@ -170,14 +177,15 @@ class Operations:
         self._cached = self._slow = None
 
     async def keep_sampling(self, every: float = 1.0, gauges_every: float = 5.0) -> None:
-        """Until cancelled: sample the activity and count the store's write-lock use every
-        ``every`` seconds, and refresh this worker's actor gauges every ``gauges_every``
-        (with several workers, a scrape or a dashboard reaches one of them, and the
-        others' gauges must be current too)."""
+        """Until cancelled: sample the activity and count the store's write-lock use and
+        the threads' CPU time every ``every`` seconds, and refresh this worker's actor
+        gauges every ``gauges_every`` (with several workers, a scrape or a dashboard
+        reaches one of them, and the others' gauges must be current too)."""
         loop = asyncio.get_running_loop()
         gauges_due = loop.time()
         while True:
             self.count_write_lock_use()
+            self.count_thread_cpu()
             if self._actors is not None and loop.time() >= gauges_due:
                 gauges_due = loop.time() + gauges_every
                 try:

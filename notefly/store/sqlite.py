@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -182,6 +183,9 @@ class SqliteStore(
             await writer.close()
             raise
         try:
+            # Named for the threads' CPU time, which is counted by name (notefly.threads).
+            await read_on(writer, _thread_named("sqlite-writer"))
+            await read_on(reader, _thread_named("sqlite-reader"))
             # The processes on this file take turns at its write lock (see WriteTurns).
             turns = WriteTurns(path.with_name(path.name + ".turns"))
         except BaseException:
@@ -1364,6 +1368,13 @@ async def _setup_lock(path: Path) -> AsyncIterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _thread_named(name: str) -> Callable[[sqlite3.Connection], None]:
+    def rename(_conn: sqlite3.Connection) -> None:
+        threading.current_thread().name = name
+
+    return rename
 
 
 async def _connect(path: Path, *pragmas: str) -> aiosqlite.Connection:

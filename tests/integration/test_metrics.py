@@ -146,3 +146,23 @@ async def test_the_sqlite_write_lock_use_is_counted(broker: OpsBroker):
     assert sample(after, "notefly_store_write_lock_held_seconds_total") > 0
     # Exposed even when no write had to wait (``sample`` reads 0 for a missing one).
     assert ("notefly_store_write_lock_wait_seconds_total", frozenset()) in after
+
+
+async def test_the_threads_cpu_time_is_counted_by_kind(broker: OpsBroker):
+    await broker.user("alice", {"finance": ["sms"]}, phone="+14155550101")
+    await broker.delivered(await broker.publish("finance", "Rates up"))
+    expected = {"MainThread", "sqlite-writer", "sqlite-reader", "shard-sms"}
+    deadline = time.monotonic() + 10
+    while True:  # counted at each scrape, and once a second
+        after = await broker.metrics()
+        kinds = {
+            dict(labels)["thread"]: seconds
+            for (name, labels), seconds in after.items()
+            if name == "notefly_thread_cpu_seconds_total"
+        }
+        if expected <= kinds.keys():
+            break
+        assert time.monotonic() < deadline, f"threads counted: {sorted(kinds)}"
+        await asyncio.sleep(0.1)
+    assert kinds["MainThread"] > 0  # it started the broker
+    assert all(seconds >= 0 for seconds in kinds.values())

@@ -131,6 +131,16 @@ def test_write_lock_use_is_counted_from_what_the_store_added_since_the_last_look
     assert value(m, "notefly_store_write_transactions_total") == 5
 
 
+def test_thread_cpu_is_counted_by_kind_from_what_was_added_since_the_last_look():
+    m = Metrics()
+    m.add_thread_cpu({"MainThread": 1.5, "shard-sms": 0.0})
+    m.add_thread_cpu({"MainThread": 2.0, "shard-sms": 0.25, "sqlite-writer": 0.5})
+    m.add_thread_cpu({"MainThread": 2.0, "shard-sms": 0.25, "sqlite-writer": 0.5})  # nothing new
+    assert value(m, "notefly_thread_cpu_seconds_total", thread="MainThread") == 2.0
+    assert value(m, "notefly_thread_cpu_seconds_total", thread="shard-sms") == 0.25
+    assert value(m, "notefly_thread_cpu_seconds_total", thread="sqlite-writer") == 0.5
+
+
 def test_http_requests_are_timed_by_route_template():
     m = Metrics()
     m.http_request("broker", "GET", "/messages/<message_id>", 200, 0.003)
