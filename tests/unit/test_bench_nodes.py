@@ -11,7 +11,7 @@ from notefly.bench.harness import QUICK, Bench
 from notefly.bench.pglog import URL_VARIABLE, server_label
 from notefly.bench.procs import free_port
 from notefly.bench.report import FAIL, INFO, PASS
-from notefly.bench.scenarios.fanout import write_lock_counters
+from notefly.bench.scenarios.fanout import since, thread_cpu_counters, write_lock_counters
 from notefly.bench.scenarios.nodes import (
     ONCE,
     NodesRun,
@@ -155,3 +155,14 @@ def test_the_fanout_scenario_reads_the_write_lock_counters():
     text = metrics.exposition()[0].decode()
     assert write_lock_counters(text) == {"held": 2.25, "waited": 0.5, "transactions": 40}
     assert write_lock_counters("") == {"held": 0.0, "waited": 0.0, "transactions": 0.0}
+
+
+def test_the_fanout_scenario_reads_the_threads_cpu_time_by_kind():
+    metrics = Metrics()
+    metrics.add_thread_cpu({"MainThread": 0.5, "sqlite-writer": 0.25})
+    before = thread_cpu_counters(metrics.exposition()[0].decode())
+    assert before == {"MainThread": 0.5, "sqlite-writer": 0.25}
+    metrics.add_thread_cpu({"MainThread": 1.0, "sqlite-writer": 0.25, "shard-email": 2.0})
+    after = thread_cpu_counters(metrics.exposition()[0].decode())
+    assert since(before, after) == {"MainThread": 0.5, "sqlite-writer": 0.0, "shard-email": 2.0}
+    assert thread_cpu_counters("") == {}

@@ -27,6 +27,7 @@ RATE = ("deliveries/s vs plain loop", Target(">=", 1.0, "x"))
 CHECKS = (RATE,)
 TITLE, BODY = "Rates up", "The key rate rose by a quarter point; markets took it calmly."
 TIMEOUT_SECONDS = 180
+SHOWN_AS = {"MainThread": "event loop"}  # kinds of thread (notefly.threads) by their role
 
 
 async def run(bench: Bench) -> Result:
@@ -56,8 +57,10 @@ async def run(bench: Bench) -> Result:
             json.dumps({"category": CATEGORY, "title": TITLE, "body": BODY}).encode()
             for _ in range(count)
         ]
+        # Every worker has counted what it did while starting (it counts each second).
+        await asyncio.sleep(SAMPLE_SECONDS + 0.2)
         cpu_before = tree_cpu_seconds(node.server.pid)
-        lock_before = await write_lock_use(node.url)
+        lock_before, threads_before = await worker_counters(node.url)
         answers = await loadgen.burst(node.url, "/pub", bodies)
         refused = [a.status for a in answers if a.status != 202]
         if refused:
@@ -65,11 +68,12 @@ async def run(bench: Bench) -> Result:
         done, waited = await wait_done(node.log, TIMEOUT_SECONDS, 0.25, expect_messages=count)
         cpu = tree_cpu_seconds(node.server.pid) - cpu_before
         await asyncio.sleep(SAMPLE_SECONDS + 0.2)  # every worker has counted its last writes
-        lock = await write_lock_use(node.url)
+        lock, threads = await worker_counters(node.url)
         statuses = node.log.by_status()
         span = node.log.span()
         owners = node.log.fanout_owners()
     sent = statuses.get("sent", 0)
+    thread_cpu = since(threads_before, threads)
     result = Result(
         raw={
             "subscribers": subscribers,
@@ -88,6 +92,7 @@ async def run(bench: Bench) -> Result:
                 "cpu_seconds": cpu,
                 "messages_by_worker": owners,
                 "write_lock": {k: lock[k] - lock_before[k] for k in lock},
+                "thread_cpu_seconds": thread_cpu,
             },
         }
     )
@@ -131,6 +136,20 @@ async def run(bench: Bench) -> Result:
             + f"; waited {waited:.2f} s; {transactions:.0f} transactions",
         )
     )
+    if sent and thread_cpu:
+        result.rows.append(
+            Row(
+                SCENARIO,
+                "CPU time per delivery by thread, all workers",
+                sum(thread_cpu.values()) / sent * 1e6,
+                "µs",
+                detail=", ".join(
+                    f"{SHOWN_AS.get(kind, kind)} {seconds / sent * 1e6:.1f}"
+                    for kind, seconds in sorted(thread_cpu.items(), key=lambda kv: -kv[1])
+                    if seconds / sent * 1e6 >= 0.05
+                ),
+            )
+        )
     if sent and plain.deliveries:
         mine, theirs = cpu / sent * 1e6, plain.cpu_seconds / plain.deliveries * 1e6
         result.rows.append(
@@ -146,12 +165,14 @@ async def run(bench: Bench) -> Result:
     return result
 
 
-async def write_lock_use(url: str) -> dict[str, float]:
-    """The workers' write-lock counters, from ``/metrics`` (any worker answers for all)."""
+async def worker_counters(url: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The workers' write-lock counters and their threads' CPU seconds by kind, from
+    ``/metrics`` (any worker answers for all)."""
     response = await loadgen.get(url, "/metrics")
     if response.status != 200:
         raise RuntimeError(f"/metrics answered {response.status}")
-    return write_lock_counters(response.body.decode())
+    text = response.body.decode()
+    return write_lock_counters(text), thread_cpu_counters(text)
 
 
 def write_lock_counters(text: str) -> dict[str, float]:
@@ -164,3 +185,18 @@ def write_lock_counters(text: str) -> dict[str, float]:
         "waited": found.get("notefly_store_write_lock_wait_seconds_total", 0.0),
         "transactions": found.get("notefly_store_write_transactions_total", 0.0),
     }
+
+
+def thread_cpu_counters(text: str) -> dict[str, float]:
+    """CPU seconds by kind of thread, in a Prometheus exposition."""
+    return {
+        s.labels["thread"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "notefly_thread_cpu_seconds_total"
+    }
+
+
+def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each kind added between two readings."""
+    return {kind: seconds - before.get(kind, 0.0) for kind, seconds in after.items()}
