@@ -59,6 +59,11 @@ class LockTimes:
     held: float = 0.0
     transactions: int = 0
 
+    def transaction_over(self, locked_at: float) -> None:
+        """A transaction that took the lock at ``locked_at`` (``perf_counter``) ended."""
+        self.held += time.perf_counter() - locked_at
+        self.transactions += 1
+
 
 # What one operation of a batch came to: its result, or the exception it raised.
 _Done = tuple[Any, BaseException | None]
@@ -209,8 +214,7 @@ def _run_transaction(
         raise
     finally:
         if times is not None and begin and commit:
-            times.held += time.perf_counter() - locked
-            times.transactions += 1
+            times.transaction_over(locked)
     return done
 
 
@@ -403,8 +407,7 @@ class GroupCommitWriter:
             raise
         finally:
             if locked is not None:
-                self.lock_times.held += time.perf_counter() - locked
-                self.lock_times.transactions += 1
+                self.lock_times.transaction_over(locked)
         return done
 
 
