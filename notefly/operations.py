@@ -138,19 +138,16 @@ class Operations:
 
     async def refresh_gauges(self) -> None:
         """Bring the gauges read from the store and the actors up to date (a scrape)."""
-        self.count_write_lock_use()
-        self.count_thread_cpu()
+        self.count_process_use()
         await self.snapshot()
 
-    def count_write_lock_use(self) -> None:
-        """Add this process's use of the store's write lock to its counters (a store with
-        one write lock, SQLite's)."""
+    def count_process_use(self) -> None:
+        """Add to their counters what this process used since the last call: the store's
+        write lock (a store with one, SQLite's) and its threads' CPU time, by kind."""
+        metrics = self._observer.metrics
         if isinstance(self._store, SingleWriterStore):
-            self._observer.metrics.add_write_lock_use(self._store.write_lock_use())
-
-    def count_thread_cpu(self) -> None:
-        """Add the CPU time of this process's threads, by kind, to their counters."""
-        self._observer.metrics.add_thread_cpu(self._thread_cpu.totals())
+            metrics.add_write_lock_use(self._store.write_lock_use())
+        metrics.add_thread_cpu(self._thread_cpu.totals())
 
     async def snapshot(self) -> dict[str, Any]:
         async with self._lock:  # concurrent callers share one computation
@@ -184,8 +181,7 @@ class Operations:
         loop = asyncio.get_running_loop()
         gauges_due = loop.time()
         while True:
-            self.count_write_lock_use()
-            self.count_thread_cpu()
+            self.count_process_use()
             if self._actors is not None and loop.time() >= gauges_due:
                 gauges_due = loop.time() + gauges_every
                 try:
