@@ -90,7 +90,12 @@ def held_row(
     then its page. Made outside the write lock."""
     status = outcome.status
     sent_at = stamp if status is DeliveryStatus.SENT else None
-    recipient = outcome.recipient if outcome.recipient is not None else held.recipient
+    head = (
+        outcome.delivery_id, held.message_id, held.user_id, held.channel, status.value,
+        outcome.attempts, outcome.provider, outcome.provider_message_id,
+        outcome.recipient if outcome.recipient is not None else held.recipient,
+        outcome.subject, outcome.text,
+    )  # fmt: skip
     if (
         outcome.error is None
         and not_before is None
@@ -98,16 +103,10 @@ def held_row(
         and held.mode == _PLAIN_MODE
         and held.note is None
     ):
-        return (
-            outcome.delivery_id, held.message_id, held.user_id, held.channel, status.value,
-            outcome.attempts, outcome.provider, outcome.provider_message_id, recipient,
-            outcome.subject, outcome.text, held.created_at, stamp, sent_at, held.page,
-        )  # fmt: skip
+        return (*head, held.created_at, stamp, sent_at, held.page)
     return (
-        outcome.delivery_id, held.message_id, held.user_id, held.channel, status.value,
-        outcome.attempts, outcome.provider, outcome.provider_message_id, recipient,
-        outcome.subject, outcome.text, outcome.error, held.created_at, stamp, sent_at,
-        not_before, held.owner if retrying else None, held.mode, held.note, held.page,
+        *head, outcome.error, held.created_at, stamp, sent_at, not_before,
+        held.owner if retrying else None, held.mode, held.note, held.page,
     )  # fmt: skip
 
 
