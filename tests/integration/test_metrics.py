@@ -165,4 +165,6 @@ async def test_the_threads_cpu_time_is_counted_by_kind(broker: OpsBroker):
         assert time.monotonic() < deadline, f"threads counted: {sorted(kinds)}"
         await asyncio.sleep(0.1)
     assert kinds["MainThread"] > 0  # it started the broker
-    assert all(seconds >= 0 for seconds in kinds.values())
+    # The broker runs in this process: its threads, counted once each, used no more
+    # than the process did (each thread's figure is whole clock ticks, rounded down).
+    assert sum(kinds.values()) <= time.process_time()
