@@ -71,7 +71,9 @@ def test_dashboard_updates_live_and_redrives_a_failed_delivery(
             wait_delivered(broker, message_id)
         expect(chart).to_have_attribute("data-total", "6")
         expect(page.locator('#legend li:has-text("email")')).to_have_text("email: 3")
-        expect(page.locator('#throughput g[data-channel="sms"] rect')).to_have_count(1)
+        expect(page.locator('#legend li:has-text("sms")')).to_have_text("sms: 3")
+        # Drawn as bars: one, or two when the publishes straddle the edge of a 5 s bucket.
+        expect(page.locator('#throughput g[data-channel="sms"] rect').first).to_be_visible()
         expect(page.locator('[data-counter="sent"]')).to_have_text("6")
         newest = page.locator(f'#messages tr[data-message-id="{sent[-1]}"]')
         expect(newest).to_contain_text("Rates 2")
