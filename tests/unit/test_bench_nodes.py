@@ -11,7 +11,12 @@ from notefly.bench.harness import QUICK, Bench
 from notefly.bench.pglog import URL_VARIABLE, server_label
 from notefly.bench.procs import free_port
 from notefly.bench.report import FAIL, INFO, PASS
-from notefly.bench.scenarios.fanout import since, thread_cpu_counters, write_lock_counters
+from notefly.bench.scenarios.fanout import (
+    lock_row,
+    since,
+    thread_cpu_counters,
+    write_lock_counters,
+)
 from notefly.bench.scenarios.nodes import (
     ONCE,
     NodesRun,
@@ -166,3 +171,19 @@ def test_the_fanout_scenario_reads_the_threads_cpu_time_by_kind():
     after = thread_cpu_counters(metrics.exposition()[0].decode())
     assert since(before, after) == {"MainThread": 0.5, "sqlite-writer": 0.0, "shard-email": 2.0}
     assert thread_cpu_counters("") == {}
+
+
+def test_the_fanout_lock_row_sets_the_writers_cpu_beside_the_time_held():
+    row = lock_row(1.4, 1.5, 74, 1.75, 100_000, 0.77)
+    assert row.value == 80.0
+    assert row.detail == (
+        "1.40 s of the 1.75 s fan-out, 14.0 µs a delivery (the writer threads' CPU time"
+        " 7.7 µs, 55% of it); waited 1.50 s; 74 transactions"
+    )
+    # Without the threads' figures (no /proc), or nothing sent: what is known.
+    assert lock_row(1.4, 1.5, 74, 1.75, 100_000, None).detail == (
+        "1.40 s of the 1.75 s fan-out, 14.0 µs a delivery; waited 1.50 s; 74 transactions"
+    )
+    assert lock_row(0.0, 0.0, 0, 1.0, 0, 0.5).detail == (
+        "0.00 s of the 1.00 s fan-out; waited 0.00 s; 0 transactions"
+    )
