@@ -45,6 +45,7 @@ class Sizes:
     ingest_connections: int = 64
     fanout_subscribers: int = 10_000
     fanout_messages: int = 5
+    fanout_rounds: int = 3  # the plain loop and Notefly take turns this many times
     digest_users: int = 100_000
     nodes_subscribers: int = 5_000  # PostgreSQL, with 1, 2 and 3 broker nodes
     nodes_messages: int = 6  # a multiple of 2 and 3: every node accepts as many
@@ -64,6 +65,7 @@ QUICK = Sizes(
     latency_seconds=4,
     scale_small=10_000,
     scale_large=100_000,
+    fanout_rounds=1,
     digest_users=10_000,
     nodes_subscribers=1_000,
     nodes_ingest=150,

@@ -11,12 +11,6 @@ from notefly.bench.harness import QUICK, Bench
 from notefly.bench.pglog import URL_VARIABLE, server_label
 from notefly.bench.procs import free_port
 from notefly.bench.report import FAIL, INFO, PASS
-from notefly.bench.scenarios.fanout import (
-    lock_row,
-    since,
-    thread_cpu_counters,
-    write_lock_counters,
-)
 from notefly.bench.scenarios.nodes import (
     ONCE,
     NodesRun,
@@ -30,7 +24,6 @@ from notefly.bench.scenarios.nodes import (
     split,
 )
 from notefly.metrics import Metrics
-from notefly.ports import WriteLockUse
 
 SHARED = sharing("127.0.0.1", 2)
 
@@ -152,38 +145,3 @@ async def test_an_unreachable_server_is_a_clear_fail(tmp_path: Path, monkeypatch
     assert row.measure == ONCE[0]
     assert f"not reachable at {server_label(url)}" in row.reason
     assert URL_VARIABLE in row.reason
-
-
-def test_the_fanout_scenario_reads_the_write_lock_counters():
-    metrics = Metrics()
-    metrics.add_write_lock_use(WriteLockUse(0.5, 2.25, 40))
-    text = metrics.exposition()[0].decode()
-    assert write_lock_counters(text) == {"held": 2.25, "waited": 0.5, "transactions": 40}
-    assert write_lock_counters("") == {"held": 0.0, "waited": 0.0, "transactions": 0.0}
-
-
-def test_the_fanout_scenario_reads_the_threads_cpu_time_by_kind():
-    metrics = Metrics()
-    metrics.add_thread_cpu({"MainThread": 0.5, "sqlite-writer": 0.25})
-    before = thread_cpu_counters(metrics.exposition()[0].decode())
-    assert before == {"MainThread": 0.5, "sqlite-writer": 0.25}
-    metrics.add_thread_cpu({"MainThread": 1.0, "sqlite-writer": 0.25, "shard-email": 2.0})
-    after = thread_cpu_counters(metrics.exposition()[0].decode())
-    assert since(before, after) == {"MainThread": 0.5, "sqlite-writer": 0.0, "shard-email": 2.0}
-    assert thread_cpu_counters("") == {}
-
-
-def test_the_fanout_lock_row_sets_the_writers_cpu_beside_the_time_held():
-    row = lock_row(1.4, 1.5, 74, 1.75, 100_000, 0.77)
-    assert row.value == 80.0
-    assert row.detail == (
-        "1.40 s of the 1.75 s fan-out, 14.0 µs a delivery (the writer threads' CPU time"
-        " 7.7 µs, 55% of it); waited 1.50 s; 74 transactions"
-    )
-    # Without the threads' figures (no /proc), or nothing sent: what is known.
-    assert lock_row(1.4, 1.5, 74, 1.75, 100_000, None).detail == (
-        "1.40 s of the 1.75 s fan-out, 14.0 µs a delivery; waited 1.50 s; 74 transactions"
-    )
-    assert lock_row(0.0, 0.0, 0, 1.0, 0, 0.5).detail == (
-        "0.00 s of the 1.00 s fan-out; waited 0.00 s; 0 transactions"
-    )
