@@ -42,6 +42,7 @@ class Sizes:
     latency_seconds: float
     scale_small: int
     scale_large: int
+    scale_small_runs: int = 3  # the small broadcast's median time is taken
     ingest_connections: int = 64
     fanout_subscribers: int = 10_000
     fanout_messages: int = 5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from notefly.bench.report import FAIL, INFO, PASS, Report, Row, Target, not_measured, render_table
-from notefly.bench.scenarios.scale import Broadcast, linear_row
+from notefly.bench.scenarios.scale import Broadcast, linear_row, median_broadcast
 
 
 @pytest.mark.parametrize(
@@ -125,3 +125,31 @@ def test_an_unfinished_broadcast_still_within_the_target_is_not_judged():
     assert row.verdict == FAIL
     assert row.value is None
     assert row.result.startswith("not measured: 1M did not finish")
+
+
+def test_the_small_broadcast_is_judged_by_its_median_run():
+    runs = [
+        broadcast(100_000, finished=True, elapsed=seconds, sent=100_000)
+        for seconds in (1.74, 2.10, 1.98)
+    ]
+    small = median_broadcast(runs)
+    assert small is runs[2]
+    large = broadcast(1_000_000, finished=True, elapsed=21.2, sent=1_000_000)
+    row = linear_row(small, large, runs)
+    assert row.verdict == PASS
+    assert row.value == pytest.approx(21.2 / 1.98)
+    assert row.detail.endswith("; 100k: median of 3 runs (1.74, 2.10, 1.98 s)")
+    # With an even number of runs, the lower middle one.
+    assert median_broadcast(runs[:2]) is runs[0]
+
+
+def test_an_unfinished_small_run_is_the_one_reported():
+    runs = [
+        broadcast(100_000, finished=True, elapsed=2.0, sent=100_000),
+        broadcast(100_000, finished=False, elapsed=240.0, sent=99_000),
+    ]
+    assert median_broadcast(runs) is runs[1]
+    large = broadcast(1_000_000, finished=True, elapsed=21.2, sent=1_000_000)
+    row = linear_row(median_broadcast(runs), large, runs)
+    assert row.value is None
+    assert row.result.startswith("not measured: 100k did not finish")
