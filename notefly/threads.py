@@ -38,17 +38,23 @@ def thread_kind(name: str) -> str:
     return _COUNTED.sub("", name) or name
 
 
+def stat_cpu_seconds(stat: str, ticks: int = _TICKS) -> float:
+    """User plus system CPU seconds in the text of a ``/proc/.../stat`` file (of a
+    process or of one of its threads)."""
+    # After the name (in parentheses, which may hold anything): the state, then ten
+    # fields, then utime and stime, in clock ticks.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def proc_cpu_seconds(native_id: int) -> float | None:
     """User and system CPU seconds of this process's thread ``native_id``, from
     ``/proc``; None when there is no such thread (or no ``/proc``)."""
     try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as stat:
-            # After the name (in parentheses, which may hold anything): the state, then
-            # ten fields, then utime and stime, in clock ticks.
-            fields = stat.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/self/task/{native_id}/stat", errors="replace") as stat:
+            return stat_cpu_seconds(stat.read())
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def named_threads() -> list[tuple[int, str]]:

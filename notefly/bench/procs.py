@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from notefly.threads import stat_cpu_seconds
+
 PROC = Path("/proc")
 
 
@@ -68,20 +70,13 @@ def parent_of(stat: str) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
-def cpu_seconds_of(stat: str, ticks: int) -> float:
-    """User plus system CPU time in ``/proc/<pid>/stat`` text (fields 14 and 15)."""
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
 def tree_cpu_seconds(root: int) -> float:
     """CPU time used so far by ``root`` and its live descendants: what a run cost,
     however busy the machine was (the wall clock is not)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in process_tree(root):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds_of((PROC / str(pid) / "stat").read_text(), ticks)
+            total += stat_cpu_seconds((PROC / str(pid) / "stat").read_text())
     return total
 
 

@@ -11,12 +11,13 @@ import pytest
 
 from notefly.bench import loadgen
 from notefly.bench.harness import server_env
-from notefly.bench.procs import cpu_seconds_of, parent_of, parse_status
+from notefly.bench.procs import parent_of, parse_status
 from notefly.bench.runner import _selected
 from notefly.bench.scenarios.scale import thread_bound
 from notefly.bench.seed import CHANNELS, some_channels
 from notefly.bench.wrk import MARK, WrkError, lua_script, parse_output
 from notefly.config import Settings
+from notefly.threads import stat_cpu_seconds
 
 WRK_OUTPUT = f"""Running 8s test @ http://127.0.0.1:5000/pub
   2 threads and 64 connections
@@ -155,7 +156,7 @@ def test_a_zombie_without_memory_lines_is_an_error():
 def test_proc_stat_fields_after_a_name_with_spaces_and_parentheses():
     stat = "4242 (python (x) y) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9"
     assert parent_of(stat) == 17
-    assert cpu_seconds_of(stat, ticks=100) == pytest.approx(3.0)
+    assert stat_cpu_seconds(stat, ticks=100) == pytest.approx(3.0)
 
 
 def test_thread_bound_follows_configuration_not_users():
