@@ -1,10 +1,13 @@
-"""Numbers from samples: percentiles and latency summaries."""
+"""Numbers from samples: percentiles, the median run, and latency summaries."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -26,6 +29,19 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median_item(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The item whose ``key`` is the median: one of the items, never an interpolation
+    (with an even count, the lower of the two middle ones), so that what is reported
+    beside it describes one real run.
+
+    Raises:
+        ValueError: no items.
+    """
+    if not items:
+        raise ValueError("no items to take the median of")
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notefly.bench.stats import Latency, percentile
+from notefly.bench.stats import Latency, median_item, percentile
 
 
 def test_percentile_interpolates_between_closest_ranks():
@@ -45,3 +45,12 @@ def test_percentile_outside_0_100_is_refused(q: float):
 def test_percentile_of_nothing_is_refused():
     with pytest.raises(ValueError, match="no values"):
         percentile([], 50)
+
+
+def test_the_median_item_is_one_of_the_items_the_lower_middle_of_an_even_count():
+    runs = [("a", 3.0), ("b", 1.0), ("c", 2.0)]
+    assert median_item(runs, key=lambda r: r[1]) == ("c", 2.0)
+    assert median_item(runs[:2], key=lambda r: r[1]) == ("b", 1.0)
+    assert median_item(runs[:1], key=lambda r: r[1]) == ("a", 3.0)
+    with pytest.raises(ValueError, match="no items"):
+        median_item([], key=lambda r: r)

@@ -24,6 +24,7 @@ from notefly.bench.harness import Bench, Result, notefly
 from notefly.bench.plain import PlainResult, plain_fanout
 from notefly.bench.procs import tree_cpu_seconds
 from notefly.bench.report import Row, Target, number
+from notefly.bench.stats import median_item
 from notefly.domain import Message
 
 SCENARIO = "2 fan-out"
@@ -128,7 +129,7 @@ async def run(bench: Bench) -> Result:
 
 def median_round(rounds: list[Round]) -> Round:
     """The round whose ratio is the median (the lower of the two middle ones)."""
-    return sorted(rounds, key=lambda r: r.ratio)[(len(rounds) - 1) // 2]
+    return median_item(rounds, key=lambda r: r.ratio)
 
 
 def rows_of(rounds: list[Round], count: int, per_message: int) -> list[Row]:

@@ -20,6 +20,7 @@ from notefly.bench.deliverylog import wait_done
 from notefly.bench.harness import Bench, Result, notefly
 from notefly.bench.procs import UseSampler
 from notefly.bench.report import Row, Target, number
+from notefly.bench.stats import median_item
 from notefly.config import Settings
 
 SCENARIO = "4 scale"
@@ -131,7 +132,7 @@ def median_broadcast(runs: Sequence[Broadcast]) -> Broadcast:
     unfinished = [b for b in runs if not b.finished or b.seconds is None]
     if unfinished:
         return unfinished[0]
-    return sorted(runs, key=lambda b: b.seconds or 0.0)[(len(runs) - 1) // 2]
+    return median_item(runs, key=lambda b: b.seconds or 0.0)
 
 
 def linear_row(small: Broadcast, large: Broadcast, small_runs: Sequence[Broadcast] = ()) -> Row:
