@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -74,6 +75,17 @@ _Done = tuple[Any, BaseException | None]
 # two workers' group commits close behind each other.
 LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
 
+
+# The GIL switch interval while a group transaction holds the write lock (the
+# process's own is 5 ms). sqlite3 lets go of the GIL around each statement; the writer
+# then waits the whole interval before it may ask a busy thread of its process (a shard
+# rendering, the event loop) to hand the GIL back, all while the other workers wait for
+# the lock. Fan-out scenario, eight alternating pairs against the interval left alone:
+# the lock held 16.0 against 17.3 us a delivery on average (less in seven pairs), the
+# rate 0.84x against 0.81x of the plain loop. Set for the whole process, everywhere
+# only while the transaction lasts: a 0.1 ms interval all the time cost about 1 us of
+# CPU a delivery (README, Performance).
+TRANSACTION_SWITCH_INTERVAL = 0.0001
 
 # Rows a statement of ``write_rows`` writes: as many statements of this size as the
 # batch fills, then one of whole hundreds and one of the rest. Few statements a batch
@@ -193,8 +205,13 @@ def _run_transaction(
     started: float = 0.0,
 ) -> list[_Done]:
     locked = 0.0  # when this call took the lock (with ``begin``)
+    # Only a transaction begun and committed in this call: one over several hops
+    # (``GroupCommitWriter._mixed``) would leave it short between them.
+    switch = sys.getswitchinterval() if begin and commit else None
     if begin:
         begin_immediate(conn, lock_timeout)
+        if switch is not None:
+            sys.setswitchinterval(TRANSACTION_SWITCH_INTERVAL)
         locked = time.perf_counter()
         if times is not None:
             times.waited += locked - started
@@ -213,6 +230,8 @@ def _run_transaction(
                 conn.execute("ROLLBACK")
         raise
     finally:
+        if switch is not None:
+            sys.setswitchinterval(switch)
         if times is not None and begin and commit:
             times.transaction_over(locked)
     return done

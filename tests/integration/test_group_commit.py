@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,12 @@ from notefly.domain import Category
 from notefly.errors import NotFound
 from notefly.store.sqlite import SqliteStore
 from notefly.store.turns import WriteTurns
-from notefly.store.writer import SharedWrite, statement_sizes, write_rows
+from notefly.store.writer import (
+    TRANSACTION_SWITCH_INTERVAL,
+    SharedWrite,
+    statement_sizes,
+    write_rows,
+)
 from tests.integration.test_sqlite_store import FakeClock, query
 
 
@@ -434,6 +440,46 @@ async def test_the_writer_keeps_savepoint_journals_in_memory(store: SqliteStore)
         await store.writer.run_sync(lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0])
         == 2
     )
+
+
+async def test_a_transaction_shortens_the_switch_interval_while_it_holds_the_lock(
+    store: SqliteStore,
+) -> None:
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def failing(conn: sqlite3.Connection) -> None:
+        seen.append(sys.getswitchinterval())
+        raise ValueError("this operation fails alone")
+
+    results = await asyncio.gather(
+        store.writer.run_sync(lambda conn: seen.append(sys.getswitchinterval())),
+        store.writer.run_sync(failing),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[1], ValueError)
+    assert seen == [pytest.approx(TRANSACTION_SWITCH_INTERVAL)] * 2
+    assert before > TRANSACTION_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before, "given back once the transaction is over"
+
+
+async def test_a_transaction_over_several_hops_leaves_the_switch_interval_alone(
+    store: SqliteStore,
+) -> None:
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    async def asynchronous(conn: aiosqlite.Connection) -> None:
+        seen.append(sys.getswitchinterval())
+
+    await asyncio.gather(
+        store.writer.run_sync(lambda conn: seen.append(sys.getswitchinterval())),
+        store.writer.run(asynchronous),
+    )
+
+    assert seen == [before, before]
+    assert sys.getswitchinterval() == before
 
 
 @pytest.mark.parametrize(
