@@ -82,8 +82,8 @@ LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
 # rendering, the event loop) to hand the GIL back, all while the other workers wait for
 # the lock. Fan-out scenario, eight alternating pairs against the interval left alone:
 # the lock held 16.0 against 17.3 us a delivery on average (less in seven pairs), the
-# rate 0.84x against 0.81x of the plain loop. Set for the whole process, everywhere
-# only while the transaction lasts: a 0.1 ms interval all the time cost about 1 us of
+# rate 0.84x against 0.81x of the plain loop. The interval is the whole process's, so
+# it is short only while the transaction lasts: 0.1 ms all the time cost about 1 us of
 # CPU a delivery (README, Performance).
 TRANSACTION_SWITCH_INTERVAL = 0.0001
 
