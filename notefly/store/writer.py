@@ -87,6 +87,34 @@ LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
 # CPU a delivery (README, Performance).
 TRANSACTION_SWITCH_INTERVAL = 0.0001
 
+
+class SwitchInterval:
+    """The process's GIL switch interval: ``TRANSACTION_SWITCH_INTERVAL`` while any of
+    its writers holds a transaction open, as it was otherwise. Counted, because several
+    stores may share a process (an embedding, the tests): the last writer to finish
+    puts back what was there before the first began."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved = 0.0
+
+    def shorten(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(TRANSACTION_SWITCH_INTERVAL)
+            self._holders += 1
+
+    def restore(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                sys.setswitchinterval(self._saved)
+
+
+SWITCH_INTERVAL = SwitchInterval()
+
 # Rows a statement of ``write_rows`` writes: as many statements of this size as the
 # batch fills, then one of whole hundreds and one of the rest. Few statements a batch
 # (each lets go of the GIL, see ``write_rows``), and few distinct statement texts to
@@ -206,12 +234,13 @@ def _run_transaction(
 ) -> list[_Done]:
     locked = 0.0  # when this call took the lock (with ``begin``)
     # Only a transaction begun and committed in this call: one over several hops
-    # (``GroupCommitWriter._mixed``) would leave it short between them.
-    switch = sys.getswitchinterval() if begin and commit else None
+    # (``GroupCommitWriter._mixed``) would leave the interval short between them.
+    shortened = False
     if begin:
         begin_immediate(conn, lock_timeout)
-        if switch is not None:
-            sys.setswitchinterval(TRANSACTION_SWITCH_INTERVAL)
+        if commit:
+            SWITCH_INTERVAL.shorten()
+            shortened = True
         locked = time.perf_counter()
         if times is not None:
             times.waited += locked - started
@@ -230,8 +259,8 @@ def _run_transaction(
                 conn.execute("ROLLBACK")
         raise
     finally:
-        if switch is not None:
-            sys.setswitchinterval(switch)
+        if shortened:
+            SWITCH_INTERVAL.restore()
         if times is not None and begin and commit:
             times.transaction_over(locked)
     return done

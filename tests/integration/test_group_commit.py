@@ -24,6 +24,7 @@ from notefly.store.turns import WriteTurns
 from notefly.store.writer import (
     TRANSACTION_SWITCH_INTERVAL,
     SharedWrite,
+    SwitchInterval,
     statement_sizes,
     write_rows,
 )
@@ -479,6 +480,20 @@ async def test_a_transaction_over_several_hops_leaves_the_switch_interval_alone(
     )
 
     assert seen == [before, before]
+    assert sys.getswitchinterval() == before
+
+
+def test_the_switch_interval_comes_back_once_the_last_of_overlapping_writers_is_done() -> None:
+    before = sys.getswitchinterval()
+    interval = SwitchInterval()
+
+    interval.shorten()  # one store's writer begins
+    interval.shorten()  # another store's, in the same process
+    interval.restore()  # the first one commits
+    still = sys.getswitchinterval()
+    interval.restore()  # the second one commits
+
+    assert still == pytest.approx(TRANSACTION_SWITCH_INTERVAL)
     assert sys.getswitchinterval() == before
 
 
