@@ -469,6 +469,7 @@ async def test_a_transaction_over_several_hops_leaves_the_switch_interval_alone(
     store: SqliteStore,
 ) -> None:
     before = sys.getswitchinterval()
+    batches = store.writer.batches
     seen: list[float] = []
 
     async def asynchronous(conn: aiosqlite.Connection) -> None:
@@ -479,6 +480,7 @@ async def test_a_transaction_over_several_hops_leaves_the_switch_interval_alone(
         store.writer.run(asynchronous),
     )
 
+    assert store.writer.batches - batches == 1, "both in one transaction, over several hops"
     assert seen == [before, before]
     assert sys.getswitchinterval() == before
 
