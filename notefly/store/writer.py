@@ -78,9 +78,9 @@ LOCK_PAUSE_SECONDS = (0.0002, 0.002)  # the first pause, and the longest
 
 # The GIL switch interval while a group transaction holds the write lock (the
 # process's own is 5 ms). sqlite3 lets go of the GIL around each statement; the writer
-# then waits the whole interval before it may ask a busy thread of its process (a shard
-# rendering, the event loop) to hand the GIL back, all while the other workers wait for
-# the lock. Fan-out scenario, eight alternating pairs against the interval left alone:
+# may then wait the whole interval before it can ask a busy thread of its process (a
+# shard rendering, the event loop) to hand the GIL back, all while the other workers
+# wait for the lock. Fan-out scenario, eight alternating pairs against the interval left alone:
 # the lock held 16.0 against 17.3 us a delivery on average (less in seven pairs), the
 # rate 0.84x against 0.81x of the plain loop. The interval is the whole process's, so
 # it is short only while the transaction lasts: 0.1 ms all the time cost about 1 us of
