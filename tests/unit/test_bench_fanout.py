@@ -7,12 +7,11 @@ from notefly.bench.plain import PlainResult
 from notefly.bench.report import FAIL, INFO, PASS
 from notefly.bench.scenarios.fanout import (
     Round,
+    counters,
     lock_row,
     median_round,
     rows_of,
     since,
-    thread_cpu_counters,
-    write_lock_counters,
 )
 from notefly.metrics import Metrics
 from notefly.ports import WriteLockUse
@@ -37,19 +36,19 @@ def test_the_fanout_scenario_reads_the_write_lock_counters():
     metrics = Metrics()
     metrics.add_write_lock_use(WriteLockUse(0.5, 2.25, 40))
     text = metrics.exposition()[0].decode()
-    assert write_lock_counters(text) == {"held": 2.25, "waited": 0.5, "transactions": 40}
-    assert write_lock_counters("") == {"held": 0.0, "waited": 0.0, "transactions": 0.0}
+    assert counters(text)[0] == {"held": 2.25, "waited": 0.5, "transactions": 40}
+    assert counters("")[0] == {"held": 0.0, "waited": 0.0, "transactions": 0.0}
 
 
 def test_the_fanout_scenario_reads_the_threads_cpu_time_by_kind():
     metrics = Metrics()
     metrics.add_thread_cpu({"MainThread": 0.5, "sqlite-writer": 0.25})
-    before = thread_cpu_counters(metrics.exposition()[0].decode())
+    before = counters(metrics.exposition()[0].decode())[1]
     assert before == {"MainThread": 0.5, "sqlite-writer": 0.25}
     metrics.add_thread_cpu({"MainThread": 1.0, "sqlite-writer": 0.25, "shard-email": 2.0})
-    after = thread_cpu_counters(metrics.exposition()[0].decode())
+    after = counters(metrics.exposition()[0].decode())[1]
     assert since(before, after) == {"MainThread": 0.5, "sqlite-writer": 0.0, "shard-email": 2.0}
-    assert thread_cpu_counters("") == {}
+    assert counters("")[1] == {}
 
 
 def test_the_fanout_lock_row_sets_the_writers_cpu_beside_the_time_held():

@@ -247,22 +247,14 @@ async def worker_counters(url: str) -> tuple[dict[str, float], dict[str, float]]
     response = await loadgen.get(url, "/metrics")
     if response.status != 200:
         raise RuntimeError(f"/metrics answered {response.status}")
-    samples = _samples(response.body.decode())
+    return counters(response.body.decode())
+
+
+def counters(text: str) -> tuple[dict[str, float], dict[str, float]]:
+    """In a Prometheus exposition, parsed once: the write lock's seconds held and
+    waited and its transactions, and CPU seconds by kind of thread."""
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
     return _write_lock(samples), _thread_cpu(samples)
-
-
-def write_lock_counters(text: str) -> dict[str, float]:
-    """Seconds held and waited, and transactions, in a Prometheus exposition."""
-    return _write_lock(_samples(text))
-
-
-def thread_cpu_counters(text: str) -> dict[str, float]:
-    """CPU seconds by kind of thread, in a Prometheus exposition."""
-    return _thread_cpu(_samples(text))
-
-
-def _samples(text: str) -> list[Sample]:
-    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def _write_lock(samples: list[Sample]) -> dict[str, float]:
