@@ -146,18 +146,13 @@ def rows_of(rounds: list[Round], count: int, per_message: int) -> list[Row]:
     if other:
         detail += f", not sent: {other}"
     rows = [Row(SCENARIO, RATE[0], middle.ratio, "x", RATE[1], detail=detail)]
-    sent, seconds, lock, thread_cpu = (
-        middle.sent,
-        middle.seconds or 0.0,
-        middle.lock,
-        middle.thread_cpu,
-    )
+    sent, lock, thread_cpu = middle.sent, middle.lock, middle.thread_cpu
     rows.append(
         lock_row(
             lock["held"],
             lock["waited"],
             lock["transactions"],
-            seconds,
+            middle.seconds or 0.0,
             sent,
             thread_cpu.get(WRITER_THREAD),
         )
