@@ -9,8 +9,9 @@ across its target."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,15 @@ def _shards(settings: Settings) -> str:
 
 async def run(bench: Bench) -> Result:
     smalls: list[Broadcast] = []
+    # The small runs start from one seeding: the first seeds, the others copy it.
+    seeded = bench.scratch("scale-seeded") / "seeded.db"
     for index in range(1, bench.sizes.scale_small_runs + 1):
         small = await _broadcast(
-            bench, bench.sizes.scale_small, until=time.monotonic() + 240, run=index
+            bench,
+            bench.sizes.scale_small,
+            until=time.monotonic() + 240,
+            run=index,
+            seed_data=seeding(bench.sizes.scale_small, keep=seeded),
         )
         bench.say(_line(small))
         smalls.append(small)
@@ -161,12 +168,32 @@ def linear_row(small: Broadcast, large: Broadcast, small_runs: Sequence[Broadcas
     return Row(SCENARIO, measure, None, "x", LINEAR[1], reason=reason)
 
 
-async def _broadcast(bench: Bench, audience: int, *, until: float, run: int = 1) -> Broadcast:
-    bench.say(f"  seeding {number(audience)} subscribers")
+def seeding(audience: int, *, keep: Path | None = None) -> Callable[[Path], None]:
+    """What fills a new database with ``audience`` subscribers of one channel each. With
+    ``keep``: the first call seeds and leaves a copy there, later calls copy it back
+    (the same data, without seeding it again)."""
 
-    def seed_audience(db: Path) -> None:
+    def seed_data(db: Path) -> None:
+        if keep is not None and keep.exists():
+            shutil.copyfile(keep, db)
+            return
         seed.seed_subscribers(db, CATEGORY, audience, seed.one_channel)
+        if keep is not None:
+            shutil.copyfile(db, keep)
 
+    return seed_data
+
+
+async def _broadcast(
+    bench: Bench,
+    audience: int,
+    *,
+    until: float,
+    run: int = 1,
+    seed_data: Callable[[Path], None] | None = None,
+) -> Broadcast:
+    bench.say(f"  seeding {number(audience)} subscribers")
+    seed_audience = seed_data or seeding(audience)
     started = time.monotonic()
     async with notefly(bench, f"scale-{audience}-{run}", seed_audience, sample=True) as node:
         bench.say(

@@ -1,0 +1,51 @@
+"""The scale scenario seeds its small audience once and copies it for the later runs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from notefly.bench import seed
+from notefly.bench.scenarios import scale
+
+
+def users_in(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def db_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.db"))
+
+
+async def test_later_runs_copy_the_first_runs_seeding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = tmp_path / "seeded.db"
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    for db in (first, second):
+        await seed.create_schema(db)
+
+    scale.seeding(50, keep=keep)(first)
+    assert users_in(first) == 50
+    assert users_in(keep) == 50
+
+    def no_second_seeding(*args: object, **kwargs: object) -> int:
+        raise AssertionError("seeded again instead of copied")
+
+    monkeypatch.setattr(seed, "seed_subscribers", no_second_seeding)
+    scale.seeding(50, keep=keep)(second)
+    assert users_in(second) == 50
+
+
+async def test_without_a_copy_to_keep_every_run_seeds(tmp_path: Path) -> None:
+    db = tmp_path / "n.db"
+    await seed.create_schema(db)
+    scale.seeding(30)(db)
+    assert users_in(db) == 30
+    assert db_files(tmp_path) == [db], "no copy kept"
