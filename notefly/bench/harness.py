@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,25 @@ class Bench:
         return path
 
 
+@dataclass(frozen=True, slots=True)
+class CopyOf:
+    """Seed data that is a whole Notefly database already (migrated and seeded): a new
+    database is a copy of it, with no schema made first only to be overwritten."""
+
+    source: Path
+
+    def __call__(self, db: Path) -> None:
+        shutil.copyfile(self.source, db)
+
+
+async def prepare(db: Path, seed_data: Callable[[Path], Any]) -> None:
+    """Fill the new database at ``db``: a ``CopyOf`` copies its source; any other
+    ``seed_data(db)`` seeds a freshly migrated schema."""
+    if not isinstance(seed_data, CopyOf):
+        await seed.create_schema(db)
+    seed_data(db)
+
+
 @dataclass
 class Running:
     """A started Notefly: its URL, its database, the delivery log and the sampler."""
@@ -136,13 +156,12 @@ async def notefly(
     sample: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Running]:
-    """A Notefly with ``bench.workers`` nodes on a fresh database seeded by
-    ``seed_data(path)``; with ``sample``, its processes' memory and threads are sampled
-    from start to stop. ``env``: instead of ``bench.env``."""
+    """A Notefly with ``bench.workers`` nodes on a fresh database filled by
+    ``prepare(path, seed_data)``; with ``sample``, its processes' memory and threads are
+    sampled from start to stop. ``env``: instead of ``bench.env``."""
     data_dir = bench.scratch(name)
     db = data_dir / "notefly.db"
-    await seed.create_schema(db)
-    seed_data(db)
+    await prepare(db, seed_data)
     server, url = notefly_server(
         data_dir, bench.workers, bench.env if env is None else env, data_dir / "notefly.log"
     )

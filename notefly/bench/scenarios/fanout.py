@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 
 from notefly.bench import loadgen, seed
 from notefly.bench.deliverylog import wait_done
-from notefly.bench.harness import Bench, Result, notefly
+from notefly.bench.harness import Bench, CopyOf, Result, notefly
 from notefly.bench.plain import PlainResult, plain_fanout
 from notefly.bench.procs import tree_cpu_seconds
 from notefly.bench.report import Row, Target, number
@@ -199,10 +199,7 @@ async def _round(bench: Bench, pristine: Path, plain_db: Path, index: int) -> Ro
     ]
     plain = plain_fanout(plain_db, CATEGORY, messages)
 
-    def seed_copy(db: object) -> None:
-        shutil.copyfile(pristine, str(db))
-
-    async with notefly(bench, f"fanout-{index}", seed_copy) as node:
+    async with notefly(bench, f"fanout-{index}", CopyOf(pristine)) as node:
         bodies = [
             json.dumps({"category": CATEGORY, "title": TITLE, "body": BODY}).encode()
             for _ in range(count)

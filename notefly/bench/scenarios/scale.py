@@ -18,7 +18,7 @@ from typing import Any
 
 from notefly.bench import loadgen, seed
 from notefly.bench.deliverylog import wait_done
-from notefly.bench.harness import Bench, Result, notefly
+from notefly.bench.harness import Bench, CopyOf, Result, notefly
 from notefly.bench.procs import UseSampler
 from notefly.bench.report import Row, Target, number
 from notefly.bench.stats import median_item
@@ -170,13 +170,12 @@ def linear_row(small: Broadcast, large: Broadcast, small_runs: Sequence[Broadcas
 
 def seeding(audience: int, *, keep: Path | None = None) -> Callable[[Path], None]:
     """What fills a new database with ``audience`` subscribers of one channel each. With
-    ``keep``: the first call seeds and leaves a copy there, later calls copy it back
-    (the same data, without seeding it again)."""
+    ``keep``: the first run seeds and leaves a copy there, and a run asked for once that
+    copy exists copies it (the same data, neither seeded nor migrated again)."""
+    if keep is not None and keep.exists():
+        return CopyOf(keep)
 
     def seed_data(db: Path) -> None:
-        if keep is not None and keep.exists():
-            shutil.copyfile(keep, db)
-            return
         seed.seed_subscribers(db, CATEGORY, audience, seed.one_channel)
         if keep is not None:
             shutil.copyfile(db, keep)
