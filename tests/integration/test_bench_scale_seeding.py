@@ -29,8 +29,7 @@ async def test_later_runs_copy_the_first_runs_seeding(
 ) -> None:
     keep = tmp_path / "seeded.db"
     first, second = tmp_path / "first.db", tmp_path / "second.db"
-    for db in (first, second):
-        await seed.create_schema(db)
+    await seed.create_schema(first)  # the harness migrates only for seeding (no copy)
 
     scale.seeding(50, keep=keep)(first)
     assert users_in(first) == 50
@@ -41,8 +40,9 @@ async def test_later_runs_copy_the_first_runs_seeding(
 
     monkeypatch.setattr(seed, "seed_subscribers", no_second_seeding)
     later = scale.seeding(50, keep=keep)
-    # A copy: the harness copies it in without migrating a schema first.
+    # A copy: the harness copies it into a new file without migrating a schema first.
     assert later == CopyOf(keep)
+    assert not second.exists()
     later(second)
     assert users_in(second) == 50
 
