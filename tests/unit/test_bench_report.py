@@ -104,7 +104,7 @@ def broadcast(audience: int, *, finished: bool, elapsed: float, sent: int) -> Br
 def test_ten_times_the_audience_in_at_most_eleven_times_the_time_passes():
     small = broadcast(100_000, finished=True, elapsed=30.0, sent=100_000)
     large = broadcast(1_000_000, finished=True, elapsed=320.0, sent=1_000_000)
-    row = linear_row(small, large)
+    row = linear_row([small], large)
     assert row.verdict == PASS
     assert row.value == pytest.approx(320 / 30)
 
@@ -112,7 +112,7 @@ def test_ten_times_the_audience_in_at_most_eleven_times_the_time_passes():
 def test_an_unfinished_broadcast_already_too_slow_fails_with_a_lower_bound():
     small = broadcast(100_000, finished=True, elapsed=30.0, sent=100_000)
     large = broadcast(1_000_000, finished=False, elapsed=365.0, sent=731_000)
-    row = linear_row(small, large)
+    row = linear_row([small], large)
     assert row.verdict == FAIL
     assert row.value == pytest.approx(365 / 30)
     assert row.detail.startswith("at least: stopped at 731,000 sent")
@@ -121,7 +121,7 @@ def test_an_unfinished_broadcast_already_too_slow_fails_with_a_lower_bound():
 def test_an_unfinished_broadcast_still_within_the_target_is_not_judged():
     small = broadcast(100_000, finished=True, elapsed=30.0, sent=100_000)
     large = broadcast(1_000_000, finished=False, elapsed=200.0, sent=500_000)
-    row = linear_row(small, large)
+    row = linear_row([small], large)
     assert row.verdict == FAIL
     assert row.value is None
     assert row.result.startswith("not measured: 1M did not finish")
@@ -132,10 +132,9 @@ def test_the_small_broadcast_is_judged_by_its_median_run():
         broadcast(100_000, finished=True, elapsed=seconds, sent=100_000)
         for seconds in (1.74, 2.10, 1.98)
     ]
-    small = median_broadcast(runs)
-    assert small is runs[2]
+    assert median_broadcast(runs) is runs[2]
     large = broadcast(1_000_000, finished=True, elapsed=21.2, sent=1_000_000)
-    row = linear_row(small, large, runs)
+    row = linear_row(runs, large)
     assert row.verdict == PASS
     assert row.value == pytest.approx(21.2 / 1.98)
     assert row.detail.endswith("; 100k: median of 3 runs (1.74, 2.10, 1.98 s)")
@@ -150,6 +149,6 @@ def test_an_unfinished_small_run_is_the_one_reported():
     ]
     assert median_broadcast(runs) is runs[1]
     large = broadcast(1_000_000, finished=True, elapsed=21.2, sent=1_000_000)
-    row = linear_row(median_broadcast(runs), large, runs)
+    row = linear_row(runs, large)
     assert row.value is None
     assert row.result.startswith("not measured: 100k did not finish")

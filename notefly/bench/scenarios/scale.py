@@ -129,7 +129,7 @@ async def run(bench: Bench) -> Result:
             reason="no process was sampled",
         )
     )
-    result.rows.append(linear_row(small, large, smalls))
+    result.rows.append(linear_row(smalls, large))
     return result
 
 
@@ -142,10 +142,11 @@ def median_broadcast(runs: Sequence[Broadcast]) -> Broadcast:
     return median_item(runs, key=lambda b: b.seconds or 0.0)
 
 
-def linear_row(small: Broadcast, large: Broadcast, small_runs: Sequence[Broadcast] = ()) -> Row:
-    """Fan-out time of the large audience against the small one's (``small``: the
-    median of ``small_runs``, when there are several). A large broadcast stopped
-    unfinished still fails when the time it took already exceeds the target."""
+def linear_row(small_runs: Sequence[Broadcast], large: Broadcast) -> Row:
+    """Fan-out time of the large audience against the small one's: the median of
+    ``small_runs`` (``median_broadcast``). A large broadcast stopped unfinished still
+    fails when the time it took already exceeds the target."""
+    small = median_broadcast(small_runs)
     measure = f"{LINEAR[0]} ({_size(large.audience)} / {_size(small.audience)})"
     if large.seconds and small.seconds:
         detail = (
