@@ -192,13 +192,13 @@ async def _broadcast(
     run: int = 1,
     seed_data: Callable[[Path], None] | None = None,
 ) -> Broadcast:
-    bench.say(f"  seeding {number(audience)} subscribers")
     seed_audience = seed_data or seeding(audience)
+    copied = isinstance(seed_audience, CopyOf)
+    bench.say(f"  {'copying' if copied else 'seeding'} {number(audience)} subscribers")
     started = time.monotonic()
     async with notefly(bench, f"scale-{audience}-{run}", seed_audience, sample=True) as node:
-        bench.say(
-            f"  broadcast to {number(audience)} (seeded in {time.monotonic() - started:.0f} s)"
-        )
+        ready = f"{'copied' if copied else 'seeded'} and started in"
+        bench.say(f"  broadcast to {number(audience)} ({ready} {time.monotonic() - started:.0f} s)")
         body = json.dumps({"category": CATEGORY, "title": "Broadcast", "body": "To everyone."})
         answers = await loadgen.burst(node.url, "/pub", [body.encode()])
         if answers[0].status != 202:
