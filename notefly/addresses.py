@@ -107,5 +107,11 @@ def channel_address(user: User, channel: str, registered: Mapping[EndpointKind, 
     kind = CHANNEL_KINDS.get(channel)
     if address or kind is None:
         return address
+    return registered_address(kind, registered)
+
+
+def registered_address(kind: EndpointKind, registered: Mapping[EndpointKind, int]) -> str | None:
+    """What addresses a user through their registrations of ``kind`` (``registered``:
+    their counts by kind), for a user with no address of their own for the channel."""
     count = registered.get(kind, 0)
     return f"{SUMMARY_PREFIX[kind]}:{count}" if count else None

@@ -12,10 +12,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from notefly.addresses import EndpointKind, channel_address, needs_address
+from notefly.addresses import CHANNEL_KINDS, EndpointKind, needs_address, registered_address
 from notefly.domain import (
+    ADDRESS_FIELDS,
     ADDRESS_NAMES,
     AudienceIds,
     DeliveryStatus,
@@ -23,7 +24,6 @@ from notefly.domain import (
     Message,
     Priority,
     Recipient,
-    User,
     ordered_key,
     partition_of,
 )
@@ -32,12 +32,19 @@ from notefly.ports import Segment
 from notefly.schedule import QuietHours, Schedule, Throttle
 
 
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    """One row of a fan-out page: a subscription joined with its user."""
+class Subscriber(NamedTuple):
+    """One row of a fan-out page: a subscription joined with its user, in the order
+    the stores select them. The user's fields lie flat rather than in a ``User``: a
+    page makes one of these per subscriber, and a ``User`` in a frozen dataclass took
+    3.2-4.2 us to make from a row, against 0.7-0.8 us for this tuple."""
 
-    user: User
+    user_id: str
     channels: Sequence[str]
+    name: str
+    email: str | None
+    phone: str | None
+    push_token: str | None
+    timezone: str
     schedule: str
     quiet_hours: str | None
 
@@ -60,6 +67,27 @@ class PlannedDelivery(NamedTuple):
 
 
 _CHANNEL = itemgetter(2)  # a PlannedDelivery's channel
+# Makes a named tuple from a tuple of its fields without the keyword-taking constructor:
+# 0.15 against 0.42 us for a PlannedDelivery, made once a delivery.
+_new_tuple = tuple.__new__
+
+# A channel's facts for a page (see plan_page): why it is skipped, whether it needs an
+# address, its throttle, the Subscriber field of the user's own address for it, and the
+# kind of registrations that address it.
+_ChannelFacts = tuple[str | None, bool, Throttle | None, int | None, EndpointKind | None]
+
+
+def _channel_facts(
+    channel: str, enabled: Collection[str], throttles: Mapping[str, Throttle]
+) -> _ChannelFacts:
+    field_name = ADDRESS_FIELDS.get(channel)
+    return (
+        None if channel in enabled else f"channel {channel!r} is not enabled on this broker",
+        needs_address(channel),
+        throttles.get(channel),
+        Subscriber._fields.index(field_name) if field_name else None,
+        CHANNEL_KINDS.get(channel),
+    )
 
 
 @dataclass(slots=True)
@@ -92,40 +120,38 @@ def plan_page(
     schedules: dict[str, Schedule] = {}
     quiets: dict[str, QuietHours] = {}
     # What holds for a channel whoever the user is: why it is skipped if the broker
-    # does not enable it, whether it needs an address, its throttle. Looked up once a
-    # page rather than once a delivery (a page makes thousands).
-    channel_facts: dict[str, tuple[str | None, bool, Throttle | None]] = {}
+    # does not enable it, whether it needs an address, its throttle, where a
+    # subscriber's own address for it lies, and which registrations address it.
+    # Looked up once a page rather than once a delivery (a page makes thousands).
+    channel_facts: dict[str, _ChannelFacts] = {}
     urgent = message.priority is Priority.URGENT
     delivery_id = AudienceIds(message.id).delivery
     no_registrations: Mapping[EndpointKind, int] = {}
     queued, skipped = DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED
     for sub in subscribers:
-        user = sub.user
-        user_id = user.id
+        user_id, channels, name, _, _, _, zone, schedule_code, quiet_code = sub
         user_key = ordered_key(user_id)
-        schedule = schedules.get(sub.schedule)
+        schedule = schedules.get(schedule_code)
         if schedule is None:
-            schedule = schedules[sub.schedule] = Schedule.decode(sub.schedule)
+            schedule = schedules[schedule_code] = Schedule.decode(schedule_code)
         quiet = None
-        if sub.quiet_hours:
-            quiet = quiets.get(sub.quiet_hours)
+        if quiet_code:
+            quiet = quiets.get(quiet_code)
             if quiet is None:
-                quiet = quiets[sub.quiet_hours] = QuietHours.decode(sub.quiet_hours)
+                quiet = quiets[quiet_code] = QuietHours.decode(quiet_code)
         immediate = schedule.immediate
         add_via(None if immediate or urgent else "digest")
         mine = registered.get(user_id, no_registrations)
-        for channel in sub.channels:
+        for channel in channels:
             facts = channel_facts.get(channel)
             if facts is None:
-                off = f"channel {channel!r} is not enabled on this broker"
-                facts = channel_facts[channel] = (
-                    None if channel in enabled else off,
-                    needs_address(channel),
-                    throttles.get(channel),
-                )
-            reason, needs, throttle = facts
+                facts = channel_facts[channel] = _channel_facts(channel, enabled, throttles)
+            reason, needs, throttle, own, kind = facts
             did = delivery_id(user_id, channel, user_key)
-            address = channel_address(user, channel, mine)
+            # The fields ``own`` points at are the user's addresses: str or None.
+            address = cast("str | None", sub[own]) if own is not None else None
+            if not address and kind is not None:
+                address = registered_address(kind, mine)
             if reason is None and needs and not address:
                 reason = f"user has no {ADDRESS_NAMES[channel]}"
             if immediate and quiet is None and throttle is None:
@@ -134,7 +160,7 @@ def plan_page(
                 mode, not_before, note = "immediate", None, None
             else:
                 when = plan_delivery(
-                    message, schedule, zone=user.timezone, quiet=quiet, throttle=throttle,
+                    message, schedule, zone=zone, quiet=quiet, throttle=throttle,
                     sent_recently=recent[(user_id, channel)], now=now,
                 )  # fmt: skip
                 sends_now = reason is None and when.now
@@ -143,15 +169,15 @@ def plan_page(
                 mode = "digest" if when.digest else "immediate"
                 not_before, note = when.not_before, when.note
             add_delivery(
-                PlannedDelivery(
+                _new_tuple(PlannedDelivery, (
                     did, user_id, channel, skipped if reason else queued, address, reason,
                     owner if sends_now else None, mode, not_before, note,
-                )
+                ))
             )  # fmt: skip
             if reason:
                 plan.skipped += 1
             elif sends_now:
-                recipient = Recipient(user_id, user.name, address, user.timezone)
+                recipient = Recipient(user_id, name, address, zone)
                 add_task(DeliveryTask(did, message, channel, recipient))
     # A shard sends its users' deliveries in page order, a round at a time, and each
     # round's outcomes are recorded together: rows written in that grouping are
@@ -161,7 +187,7 @@ def plan_page(
     if partitions == 1:  # one shard a channel (the default)
         plan.deliveries.sort(key=_CHANNEL)
     else:
-        part = {s.user.id: partition_of(s.user.id, partitions) for s in subscribers}
+        part = {s.user_id: partition_of(s.user_id, partitions) for s in subscribers}
         plan.deliveries.sort(key=lambda d: (d.channel, part[d.user_id]))
     return plan
 

@@ -556,10 +556,7 @@ class PostgresStore(
             recent = await recent_counts(conn, [row[0] for row in rows], throttles, now)
             plan = plan_page(
                 message,
-                [
-                    Subscriber(User(r[0], r[2], r[3], r[4], r[5], r[6]), r[1], r[7], r[8])
-                    for r in rows
-                ],
+                [Subscriber(*r) for r in rows],
                 enabled=enabled,
                 owner=owner,
                 throttles=throttles,

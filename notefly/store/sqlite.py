@@ -103,6 +103,9 @@ T = TypeVar("T")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
+# Makes a named tuple from a tuple of its fields, without the keyword-taking
+# constructor: fan-out pages make one a subscriber and one a delivery.
+_new_tuple = tuple.__new__
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock
 
 # What each claim takes, shared by the look before it (``_finds``) and the claim itself.
@@ -694,7 +697,8 @@ class SqliteStore(
             note,
         ) in plan.deliveries:
             if page is not None and sender is not None:  # it goes out now
-                in_flight[did] = Held(page, mid, user_id, channel, to, now, sender, mode, note)
+                fields = (page, mid, user_id, channel, to, now, sender, mode, note)
+                in_flight[did] = _new_tuple(Held, fields)
                 held.append(did)
                 continue
             delivery_rows.append(
@@ -1059,8 +1063,7 @@ class SqliteStore(
 def _subscriber(row: Sequence[Any]) -> Subscriber:
     """A fan-out page row: user id, channels (comma-separated), name, email, phone, push
     token, time zone, schedule, quiet hours."""
-    user = User(row[0], row[2], row[3], row[4], row[5], row[6])
-    return Subscriber(user, row[1].split(","), row[7], row[8])
+    return _new_tuple(Subscriber, (row[0], row[1].split(","), *row[2:]))
 
 
 def _recent_counts(
