@@ -28,7 +28,16 @@ import structlog
 
 from notefly.actors.bridge import LoopBridge
 from notefly.actors.messages import Deliver, Resume, RoundDone
-from notefly.domain import ADDRESS_FIELDS, DeliveryStatus, DeliveryTask, Outcome, Rendered
+from notefly.domain import (
+    ADDRESS_FIELDS,
+    QUEUED,
+    SENT,
+    STATUS_VALUE,
+    DeliveryStatus,
+    DeliveryTask,
+    Outcome,
+    Rendered,
+)
 from notefly.errors import CircuitOpen, PermanentChannelError, TransientChannelError
 from notefly.ports import Channel, Clock, NullObserver, Observer, Renderer, Store
 
@@ -195,7 +204,7 @@ class ChannelShard(pykka.ThreadingActor):
                     attempts=task.attempts + 1,
                     error=repr(error),
                 )
-            elif outcome is None or outcome.status is DeliveryStatus.QUEUED:
+            elif outcome is None or outcome.status is QUEUED:
                 # Try again later. The task keeps the head of its user's queue and the
                 # entity waits for it, so later messages never overtake a retried one.
                 # A round that failed as a whole counts as an attempt: it may have sent.
@@ -290,7 +299,7 @@ class ChannelShard(pykka.ThreadingActor):
         try:
             outcome = await self._attempt(task, rendered, bind=bind, at=at)
             latency = self._monotonic() - started if isinstance(rendered, Rendered) else None
-            if outcome.status is DeliveryStatus.QUEUED:
+            if outcome.status is QUEUED:
                 # Decide the wait now, so the store keeps it (not_before) for whichever
                 # node retries after this one.
                 outcome = replace(
@@ -308,7 +317,7 @@ class ChannelShard(pykka.ThreadingActor):
             _bind(task)
             log.exception("delivery.error")
             outcome, latency = self._failed(task, task.attempts + 1, exc), None
-        tally.finished(outcome.provider, outcome.status.value, latency)
+        tally.finished(outcome.provider, STATUS_VALUE[outcome.status], latency)
         return outcome
 
     async def _attempt(
@@ -377,7 +386,7 @@ class ChannelShard(pykka.ThreadingActor):
             )
         return Outcome(
             task.id,
-            DeliveryStatus.SENT,
+            SENT,
             attempt,
             result.provider,
             result.provider_message_id,

@@ -25,6 +25,9 @@ import structlog
 
 from notefly.addresses import EndpointKind
 from notefly.domain import (
+    QUEUED,
+    SENT,
+    STATUS_VALUE,
     AudienceIds,
     Category,
     Delivery,
@@ -702,7 +705,7 @@ class SqliteStore(
                 held.append(did)
                 continue
             delivery_rows.append(
-                (did, mid, user_id, channel, status.value, to, error, now, sender, mode,
+                (did, mid, user_id, channel, STATUS_VALUE[status], to, error, now, sender, mode,
                  _ts(not_before), note, now)
             )  # fmt: skip
         ids = AudienceIds(message.id)
@@ -739,7 +742,7 @@ class SqliteStore(
             if at is not last_at:  # about 0.8 us each; a round's sends share one time
                 last_at, stamp = at, at.isoformat()
             status = o.status
-            retrying = status is DeliveryStatus.QUEUED
+            retrying = status is QUEUED
             not_before = at + timedelta(seconds=o.retry_after or 0) if retrying else None
             held = in_flight.get(o.delivery_id)
             if held is not None:  # of a page in flight: its row comes with this outcome
@@ -748,7 +751,7 @@ class SqliteStore(
                 continue
             rows.append(
                 (
-                    status.value,
+                    STATUS_VALUE[status],
                     o.attempts,
                     o.provider,
                     o.provider_message_id,
@@ -757,7 +760,7 @@ class SqliteStore(
                     o.text,
                     o.error,
                     stamp,
-                    stamp if status is DeliveryStatus.SENT else None,
+                    stamp if status is SENT else None,
                     _ts(not_before),
                     int(retrying),
                     o.delivery_id,

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from notefly.domain import AudienceIds, Delivery, DeliveryStatus, Outcome
+from notefly.domain import SENT, STATUS_VALUE, AudienceIds, Delivery, DeliveryStatus, Outcome
 from notefly.store.writer import ROWS_PER_STATEMENT, write_rows
 
 # The users a page in flight names, and what each may not step back below when that
@@ -89,23 +89,26 @@ def held_row(
     of ``_INSERTED``, or of ``_INSERTED_PLAIN`` when the others keep their defaults),
     then its page. Made outside the write lock."""
     status = outcome.status
-    sent_at = stamp if status is DeliveryStatus.SENT else None
-    head = (
-        outcome.delivery_id, held.message_id, held.user_id, held.channel, status.value,
-        outcome.attempts, outcome.provider, outcome.provider_message_id,
-        outcome.recipient if outcome.recipient is not None else held.recipient,
-        outcome.subject, outcome.text,
-    )  # fmt: skip
+    sent_at = stamp if status is SENT else None
+    recipient = outcome.recipient if outcome.recipient is not None else held.recipient
     if (
         outcome.error is None
         and not_before is None
         and not retrying
         and held.mode == _PLAIN_MODE
         and held.note is None
-    ):
-        return (*head, held.created_at, stamp, sent_at, held.page)
+    ):  # most of a broadcast: one tuple made, not a head and then the row around it
+        return (
+            outcome.delivery_id, held.message_id, held.user_id, held.channel,
+            STATUS_VALUE[status], outcome.attempts, outcome.provider,
+            outcome.provider_message_id, recipient, outcome.subject, outcome.text,
+            held.created_at, stamp, sent_at, held.page,
+        )  # fmt: skip
     return (
-        *head, outcome.error, held.created_at, stamp, sent_at, not_before,
+        outcome.delivery_id, held.message_id, held.user_id, held.channel,
+        STATUS_VALUE[status], outcome.attempts, outcome.provider,
+        outcome.provider_message_id, recipient, outcome.subject, outcome.text,
+        outcome.error, held.created_at, stamp, sent_at, not_before,
         held.owner if retrying else None, held.mode, held.note, held.page,
     )  # fmt: skip
 
