@@ -710,11 +710,15 @@ class SqliteStore(
             )  # fmt: skip
         ids = AudienceIds(message.id)
         accepted_at = message.accepted_at.isoformat()  # stable across a re-run fan-out
+        # The same for every entry of the message: read once, not once a subscriber
+        # (the priority's ``.value`` alone took about 0.4 us).
+        category, title, body = message.category_id, message.title, message.body
+        priority = message.priority.value
+        notification = ids.notification
         inbox_rows = [
-            (ids.notification(r[0]), r[0], message.id, message.category_id,
-             message.title, message.body, message.priority.value, accepted_at, via)
+            (notification(r[0]), r[0], mid, category, title, body, priority, accepted_at, via)
             for r, via in zip(rows, plan.via, strict=True)
-        ]  # fmt: skip
+        ]
         done = len(rows) < limit
         last = rows[-1][0] if rows else after_user
         flight = (page, after_user or "", last, owner, len(held), now) if held else None

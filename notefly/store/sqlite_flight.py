@@ -21,6 +21,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from notefly.domain import SENT, STATUS_VALUE, AudienceIds, Delivery, DeliveryStatus, Outcome
@@ -34,6 +35,7 @@ PAGE_STEP_BACK = (("last_user", "after_user"), ("after_user", "''"))
 # a wait for the GIL under the lock: a page with fewer deliveries that go out at once
 # (a message to a few users) is written whole.
 HOLD_AT_LEAST = 100
+_PAGE = itemgetter(-1)  # a held row's page, its last value
 
 OPEN_PAGES = "SELECT 1 FROM fanout_pages WHERE owner IS NULL"
 # The deliveries of pages in flight: queued, for every count of the work left.
@@ -132,7 +134,7 @@ def insert_held(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
                 shaped,
                 ") AS v WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = v.column3)",
             )
-    pages = Counter(r[-1] for r in rows)
+    pages = Counter(map(_PAGE, rows))  # no Python frame a row: this runs under the lock
     counts = list(pages.items())
     write_rows(
         conn,
