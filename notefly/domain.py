@@ -32,7 +32,8 @@ class DeliveryStatus(StrEnum):
 
 
 # Hot paths read these rather than the enum: in CPython 3.11 a member read off its class
-# took about 0.2 us, and ``.value`` about 0.35 us, several times a delivery.
+# took about 0.15 us more than a module global, and ``.value`` about 0.4 us, several
+# times a delivery.
 QUEUED, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENT
 STATUS_VALUE = {status: status.value for status in DeliveryStatus}
 
