@@ -81,6 +81,7 @@ _INSERTED_PLAIN = (
     " recipient, subject, text, created_at, updated_at, sent_at"
 )
 PLAIN_HELD_WIDTH = 15  # _INSERTED_PLAIN, then the page
+_SHARED_WIDTH = 11  # the columns both lists begin with, up to text
 _PLAIN_MODE = "immediate"  # the column's default
 
 
@@ -93,24 +94,23 @@ def held_row(
     status = outcome.status
     sent_at = stamp if status is SENT else None
     recipient = outcome.recipient if outcome.recipient is not None else held.recipient
+    # The plain row, made as one tuple: most of a broadcast's rows are plain.
+    row = (
+        outcome.delivery_id, held.message_id, held.user_id, held.channel,
+        STATUS_VALUE[status], outcome.attempts, outcome.provider,
+        outcome.provider_message_id, recipient, outcome.subject, outcome.text,
+        held.created_at, stamp, sent_at, held.page,
+    )  # fmt: skip
     if (
         outcome.error is None
         and not_before is None
         and not retrying
         and held.mode == _PLAIN_MODE
         and held.note is None
-    ):  # most of a broadcast: one tuple made, not a head and then the row around it
-        return (
-            outcome.delivery_id, held.message_id, held.user_id, held.channel,
-            STATUS_VALUE[status], outcome.attempts, outcome.provider,
-            outcome.provider_message_id, recipient, outcome.subject, outcome.text,
-            held.created_at, stamp, sent_at, held.page,
-        )  # fmt: skip
+    ):
+        return row
     return (
-        outcome.delivery_id, held.message_id, held.user_id, held.channel,
-        STATUS_VALUE[status], outcome.attempts, outcome.provider,
-        outcome.provider_message_id, recipient, outcome.subject, outcome.text,
-        outcome.error, held.created_at, stamp, sent_at, not_before,
+        *row[:_SHARED_WIDTH], outcome.error, held.created_at, stamp, sent_at, not_before,
         held.owner if retrying else None, held.mode, held.note, held.page,
     )  # fmt: skip
 
