@@ -226,12 +226,10 @@ class ActorSystem:
     def dispatch(self, tasks: Sequence[DeliveryTask]) -> None:
         """Hand deliveries to the shards that host their users' entities."""
         batches: dict[ShardKey, list[DeliveryTask]] = defaultdict(list)
-        if self._shards_per_channel == 1:  # the default: no user's hash to take
-            for task in tasks:
-                batches[(task.channel, 0)].append(task)
-        else:
-            for task in tasks:
-                batches[(task.channel, self._shard_of(task.recipient.user_id))].append(task)
+        single = self._shards_per_channel == 1  # the default: no user's hash to take
+        for task in tasks:
+            index = 0 if single else self._shard_of(task.recipient.user_id)
+            batches[(task.channel, index)].append(task)
         # Resolve (and if need be restart) the shards first: a restarted shard gets
         # what its predecessor held, which must not include this batch twice.
         refs = {key: self._shard(*key) for key in batches}
