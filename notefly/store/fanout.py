@@ -68,8 +68,9 @@ class PlannedDelivery(NamedTuple):
 
 _CHANNEL = itemgetter(2)  # a PlannedDelivery's channel
 # Makes a named tuple from a tuple of its fields without the keyword-taking constructor:
-# 0.15 against 0.42 us for a PlannedDelivery, made once a delivery.
-_new_tuple = tuple.__new__
+# 0.15 against 0.42 us for a PlannedDelivery. The stores' fan-out pages use it for the
+# rows they make once a subscriber or once a delivery.
+new_tuple = tuple.__new__
 
 # A channel's facts for a page (see plan_page): why it is skipped, whether it needs an
 # address, its throttle, the Subscriber field of the user's own address for it, and the
@@ -169,7 +170,7 @@ def plan_page(
                 mode = "digest" if when.digest else "immediate"
                 not_before, note = when.not_before, when.note
             add_delivery(
-                _new_tuple(PlannedDelivery, (
+                new_tuple(PlannedDelivery, (
                     did, user_id, channel, skipped if reason else queued, address, reason,
                     owner if sends_now else None, mode, not_before, note,
                 ))

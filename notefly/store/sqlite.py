@@ -56,6 +56,7 @@ from notefly.schedule import Throttle
 from notefly.store.fanout import (
     SEGMENT_STEP_BACK,
     Subscriber,
+    new_tuple,
     page_range,
     plan_page,
     segments_of,
@@ -106,9 +107,6 @@ T = TypeVar("T")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 CACHE_KIB = 32 * 1024  # page cache of each connection (writer and reader)
-# Makes a named tuple from a tuple of its fields, without the keyword-taking
-# constructor: fan-out pages make one a subscriber and one a delivery.
-_new_tuple = tuple.__new__
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock
 
 # What each claim takes, shared by the look before it (``_finds``) and the claim itself.
@@ -701,7 +699,7 @@ class SqliteStore(
         ) in plan.deliveries:
             if page is not None and sender is not None:  # it goes out now
                 fields = (page, mid, user_id, channel, to, now, sender, mode, note)
-                in_flight[did] = _new_tuple(Held, fields)
+                in_flight[did] = new_tuple(Held, fields)
                 held.append(did)
                 continue
             delivery_rows.append(
@@ -1070,7 +1068,7 @@ class SqliteStore(
 def _subscriber(row: Sequence[Any]) -> Subscriber:
     """A fan-out page row: user id, channels (comma-separated), name, email, phone, push
     token, time zone, schedule, quiet hours."""
-    return _new_tuple(Subscriber, (row[0], row[1].split(","), *row[2:]))
+    return new_tuple(Subscriber, (row[0], row[1].split(","), *row[2:]))
 
 
 def _recent_counts(
